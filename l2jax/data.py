@@ -1,0 +1,192 @@
+"""Data sets through TFDS, held in host memory as uint8, batched for pmap.
+
+`config.dataset` is a TFDS name (read with `config.data_dir`, prepared from
+`config.manual_dir` when set) or ``folder:PATH``, read with
+`tfds.folder_dataset.ImageFolder` (PATH/train/<class>/*.jpg, PATH/test/...).
+Normalization and augmentation happen on the device (`l2jax.augment`).
+"""
+
+import dataclasses
+import os
+import socket
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from l2jax.errors import ConfigError, DataError
+
+FOLDER_PREFIX = 'folder:'
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # (N, H, W, C) uint8
+  labels: np.ndarray  # (N,) int32
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, index) -> 'Split':
+    return Split(self.images[index], self.labels[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train: Split
+  validation: Optional[Split]
+  test: Split
+  num_classes: int
+
+  @property
+  def image_shape(self) -> tuple:
+    return self.train.images.shape[1:]
+
+  def channel_stats(self) -> tuple:
+    """Per-channel mean and std of the training images, in [0, 1] units."""
+    pixels = self.train.images.reshape(-1, self.train.images.shape[-1])
+    pixels = pixels.astype(np.float64) / 255.0
+    return pixels.mean(0).astype(np.float32), pixels.std(0).astype(np.float32)
+
+
+def load(config) -> Dataset:
+  """Reads train and test once, then holds out validation and subsets."""
+  if config.dataset.startswith(FOLDER_PREFIX):
+    train, test, num_classes = _load_folder(config.dataset[len(FOLDER_PREFIX):])
+  else:
+    train, test, num_classes = _load_tfds(
+        config.dataset, config.data_dir or None, config.manual_dir or None)
+  train, validation = split_validation(
+      train, config.validation_fraction, config.seed)
+  if config.max_train_examples:
+    train = train.take(slice(0, config.max_train_examples))
+  return Dataset(train, validation, test, num_classes)
+
+
+def split_validation(train: Split, fraction: float, seed: int):
+  """Holds out `fraction` of train, chosen by a fixed-seed shuffle."""
+  if not fraction:
+    return train, None
+  order = np.random.default_rng(seed).permutation(len(train))
+  n_val = int(round(fraction * len(train)))
+  return train.take(np.sort(order[n_val:])), train.take(np.sort(order[:n_val]))
+
+
+def _as_split(ds) -> Split:
+  images, labels = tfds.as_numpy(ds)
+  return Split(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+
+
+def _load_folder(path: str):
+  root = os.path.abspath(os.path.expanduser(path))
+  for split in ('train', 'test'):
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      raise DataError(
+          f'folder data set {root} has no {split}/ folder; it needs '
+          f'{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg')
+    if not any(os.scandir(split_dir)):
+      raise DataError(f'{split_dir} is empty; put one subfolder per class in it')
+  builder = tfds.folder_dataset.ImageFolder(root)
+  splits = []
+  for split in ('train', 'test'):
+    try:
+      splits.append(_as_split(builder.as_dataset(
+          split=split, batch_size=-1, as_supervised=True, shuffle_files=False)))
+    except Exception as e:  # TF reports mixed sizes and bad files variously.
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      raise DataError(
+          f'cannot read the images in {os.path.join(root, split)} '
+          f'({type(e).__name__}: {first_line}); every image must decode and '
+          'all must have one size') from e
+  return splits[0], splits[1], builder.info.features['label'].num_classes
+
+
+def _can_reach_tfds_hosts(timeout: float = 5.0) -> bool:
+  try:
+    socket.create_connection(('storage.googleapis.com', 443), timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _builder_trusting_manual_dir(cls, data_dir, manual_dir):
+  """`cls` with the checksums of the files in `manual_dir` registered.
+
+  TFDS only takes a file from `manual_dir` when its checksum matches the
+  registered one; Debian's Fashion-MNIST files hold the same pixels, gzipped
+  differently. The user named the folder, so its files are trusted as they
+  are, without touching TFDS's own checksum files.
+  """
+  from etils import epath
+  from tensorflow_datasets.core.download import checksums
+  folder = epath.Path(manual_dir)
+  url_infos = {
+      url: checksums.compute_url_info(folder / info.filename)
+      for url, info in (cls.url_infos or {}).items()
+      if info.filename and (folder / info.filename).exists()}
+  if not url_infos:
+    raise DataError(
+        f'config.manual_dir={manual_dir} holds none of the files '
+        f'{cls.name} is made from; see its TFDS page for their names')
+  local = type(cls.__name__, (cls,), {'url_infos': url_infos, 'name': cls.name},
+               skip_registration=True)
+  return local(data_dir=data_dir)
+
+
+def _load_tfds(name: str, data_dir, manual_dir):
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ConfigError(
+        f'config.dataset={name!r} is not a TFDS data set name nor '
+        f'{FOLDER_PREFIX}PATH; try cifar10, cifar100, mnist, fashion_mnist') from e
+  if not builder.is_prepared():
+    if manual_dir:
+      _builder_trusting_manual_dir(type(builder), data_dir, manual_dir) \
+          .download_and_prepare(download_config=tfds.download.DownloadConfig(
+              manual_dir=manual_dir, try_download_gcs=False))
+    elif not _can_reach_tfds_hosts():
+      raise DataError(
+          f'TFDS data set {name!r} is not in {builder.data_dir_root} and '
+          'cannot be downloaded (no network); pass --config.data_dir=DIR '
+          'holding it prepared, --config.manual_dir=DIR with its source '
+          f'files, or --config.dataset={FOLDER_PREFIX}PATH')
+    else:
+      builder.download_and_prepare()
+  missing = {'train', 'test'} - set(builder.info.splits)
+  if missing:
+    raise ConfigError(f'TFDS data set {name!r} has no {sorted(missing)} split')
+  train, test = (_as_split(builder.as_dataset(
+      split=s, batch_size=-1, as_supervised=True, shuffle_files=False))
+                 for s in ('train', 'test'))
+  return train, test, builder.info.features['label'].num_classes
+
+
+def train_batches(split: Split, batch_size: int, num_devices: int,
+                  seed: int, epoch: int) -> Iterator[tuple]:
+  """One epoch of (images, labels), shaped (devices, batch/devices, ...).
+
+  The order is a permutation keyed by (seed, epoch), so a resumed run sees
+  the same batches; the last partial batch is dropped.
+  """
+  order = np.random.default_rng([seed, epoch]).permutation(len(split))
+  for step in range(len(split) // batch_size):
+    index = np.sort(order[step * batch_size:(step + 1) * batch_size])
+    batch = split.take(index)
+    yield (batch.images.reshape(num_devices, -1, *batch.images.shape[1:]),
+           batch.labels.reshape(num_devices, -1))
+
+
+def eval_batches(split: Split, batch_size: int,
+                 num_devices: int) -> Iterator[tuple]:
+  """All of `split` as (images, labels, weights); padding has weight 0."""
+  for start in range(0, len(split), batch_size):
+    batch = split.take(slice(start, start + batch_size))
+    pad = batch_size - len(batch)
+    weights = np.concatenate([np.ones(len(batch)), np.zeros(pad)])
+    images = np.pad(batch.images, [(0, pad)] + [(0, 0)] * 3)
+    labels = np.pad(batch.labels, (0, pad))
+    yield (images.reshape(num_devices, -1, *images.shape[1:]),
+           labels.reshape(num_devices, -1),
+           weights.astype(np.float32).reshape(num_devices, -1))

@@ -1,0 +1,13 @@
+"""Errors a user can cause. `l2jax.main` prints them as one line and exits 1."""
+
+
+class L2JaxError(Exception):
+  """A mistake in the input, reported without a traceback."""
+
+
+class ConfigError(L2JaxError):
+  """A config value, or a combination of them, that cannot be run."""
+
+
+class DataError(L2JaxError):
+  """A data set that is missing, unreachable or malformed."""

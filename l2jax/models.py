@@ -1,0 +1,33 @@
+"""Image classifiers as flax linen modules, chosen by `config.model`."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SeedCNN(nn.Module):
+  """The seed articles' network.
+
+  Conv(64, 3x3, same) - ReLU - MaxPool 2 - Conv(128, 3x3, same) - ReLU -
+  MaxPool 2 - Dense(1024) - ReLU - Dense(num_classes).
+
+  Input: (batch, H, W, C) floats. Output: (batch, num_classes) logits.
+  """
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    del train  # No dropout or batch norm in this network.
+    for features in (64, 128):
+      x = nn.Conv(features, (3, 3), padding='SAME')(x)
+      x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(1024)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+MODELS = {'seed_cnn': SeedCNN}
+
+
+def create_model(name: str, num_classes: int) -> nn.Module:
+  return MODELS[name](num_classes=num_classes)

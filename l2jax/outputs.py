@@ -1,0 +1,73 @@
+"""What a run leaves in its workdir: metrics.jsonl, summary.json, curves.png."""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+METRICS = 'metrics.jsonl'
+SUMMARY = 'summary.json'
+CURVES = 'curves.png'
+
+
+def read_metrics(workdir: str) -> list:
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+  """Appends one JSON object per epoch to metrics.jsonl.
+
+  On resume from epoch k, records after k (written after the checkpoint a
+  killed run resumes from) are dropped, so each epoch appears once.
+  """
+
+  def __init__(self, workdir: str, resume_epoch: int):
+    self.path = os.path.join(workdir, METRICS)
+    self.records = [r for r in read_metrics(workdir)
+                    if r['epoch'] <= resume_epoch]
+    _write_atomic(self.path, ''.join(json.dumps(r) + '\n'
+                                     for r in self.records))
+
+  def write(self, record: dict) -> None:
+    self.records.append(record)
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+  _write_atomic(os.path.join(workdir, SUMMARY),
+                json.dumps(summary, indent=2, sort_keys=True) + '\n')
+
+
+def plot_curves(workdir: str, records: list, title: str) -> None:
+  """Accuracy (train, val, test) and weight norm against epoch."""
+  epochs = [r['epoch'] for r in records]
+  fig, (acc_ax, norm_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  for key, label in (('train_accuracy', 'train'), ('val_accuracy', 'validation'),
+                     ('test_accuracy', 'test')):
+    if records and key in records[0]:
+      acc_ax.plot(epochs, [r[key] for r in records], marker='o', label=label)
+  acc_ax.set(xlabel='epoch', ylabel='accuracy', title='accuracy')
+  acc_ax.legend()
+  norm_ax.plot(epochs, [r['weight_norm'] for r in records], marker='o')
+  norm_ax.set(xlabel='epoch', ylabel='‖w‖₂ (masked parameters)',
+              title='weight norm')
+  fig.suptitle(title)
+  fig.tight_layout()
+  path = os.path.join(workdir, CURVES)
+  fig.savefig(path + '.tmp.png', dpi=100)
+  plt.close(fig)
+  os.replace(path + '.tmp.png', path)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
