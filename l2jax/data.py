@@ -72,9 +72,15 @@ def split_validation(train: Split, fraction: float, seed: int):
   return train.take(np.sort(order[n_val:])), train.take(np.sort(order[:n_val]))
 
 
-def _as_split(ds) -> Split:
-  images, labels = tfds.as_numpy(ds)
-  return Split(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+def _read_split(builder, split: str) -> Split:
+  """Decodes a whole split into memory; images of mixed sizes raise.
+
+  (`batch_size=-1` would pad mixed sizes to the largest, silently.)
+  """
+  ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+  chunks = list(tfds.as_numpy(ds.batch(4096)))
+  return Split(np.concatenate([c[0] for c in chunks]).astype(np.uint8),
+               np.concatenate([c[1] for c in chunks]).astype(np.int32))
 
 
 def _load_folder(path: str):
@@ -91,8 +97,7 @@ def _load_folder(path: str):
   splits = []
   for split in ('train', 'test'):
     try:
-      splits.append(_as_split(builder.as_dataset(
-          split=split, batch_size=-1, as_supervised=True, shuffle_files=False)))
+      splits.append(_read_split(builder, split))
     except Exception as e:  # TF reports mixed sizes and bad files variously.
       first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
       raise DataError(
@@ -146,6 +151,7 @@ def _load_tfds(name: str, data_dir, manual_dir):
       _builder_trusting_manual_dir(type(builder), data_dir, manual_dir) \
           .download_and_prepare(download_config=tfds.download.DownloadConfig(
               manual_dir=manual_dir, try_download_gcs=False))
+      builder = tfds.builder(name, data_dir=data_dir)  # Reads what was made.
     elif not _can_reach_tfds_hosts():
       raise DataError(
           f'TFDS data set {name!r} is not in {builder.data_dir_root} and '
@@ -157,9 +163,7 @@ def _load_tfds(name: str, data_dir, manual_dir):
   missing = {'train', 'test'} - set(builder.info.splits)
   if missing:
     raise ConfigError(f'TFDS data set {name!r} has no {sorted(missing)} split')
-  train, test = (_as_split(builder.as_dataset(
-      split=s, batch_size=-1, as_supervised=True, shuffle_files=False))
-                 for s in ('train', 'test'))
+  train, test = (_read_split(builder, s) for s in ('train', 'test'))
   return train, test, builder.info.features['label'].num_classes
 
 

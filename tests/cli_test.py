@@ -1,0 +1,131 @@
+"""`python -m l2jax.main` end to end, on the real data in ../shared/data."""
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import run_cli
+
+FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
+PER_EPOCH_KEYS = {
+    'epoch', 'train_loss', 'data_loss', 'l2_penalty', 'train_accuracy',
+    'val_accuracy', 'test_accuracy', 'weight_norm', 'learning_rate',
+    'epoch_seconds', 'images_per_second'}
+TIMING_KEYS = {'epoch_seconds', 'images_per_second'}
+
+
+def read_jsonl(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def final_params(workdir):
+  checkpoints = workdir / 'checkpoints'
+  last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  restored = ocp.StandardCheckpointer().restore(checkpoints / str(last) / 'default')
+  return restored['params']
+
+
+def assert_clean_error(result, *fragments):
+  """Non-zero exit; the last line says what was wrong; no traceback."""
+  assert result.returncode != 0, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  for fragment in fragments:
+    assert fragment in last, last
+
+
+def test_real_cifar_slice_learns_writes_every_output_and_resumes(
+    cifar_small, tmp_path):
+  common = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
+            '--config.learning_rate=0.02', '--config.augment=False']
+  result = run_cli(tmp_path, *common, '--config.num_epochs=3')
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  records = read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [r['epoch'] for r in records] == [1, 2, 3]
+  for record in records:
+    assert PER_EPOCH_KEYS <= set(record), PER_EPOCH_KEYS - set(record)
+    assert all(np.isfinite(v) for v in record.values())
+  # 2,700 training images / 32 = 84 steps an epoch, 252 in all.
+  assert records[-1]['step'] == 252
+  assert records[-1]['test_accuracy'] >= 0.30, records[-1]
+  # Coupled decay is not in the loss, but its penalty is still reported.
+  assert records[-1]['train_loss'] == records[-1]['data_loss']
+  assert records[-1]['l2_penalty'] == pytest.approx(
+      0.5 * 5e-4 * records[-1]['weight_norm'] ** 2, rel=1e-4)
+
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['final'] == records[-1]
+  assert summary['config']['l2'] == {'mode': 'coupled', 'weight': 5e-4,
+                                     'mask': 'kernels'}
+  assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert (tmp_path / 'checkpoints' / '3').is_dir()
+
+  # The same command with one more epoch resumes after epoch 3.
+  resumed = run_cli(tmp_path, *common, '--config.num_epochs=4')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resuming from the checkpoint of epoch 3' in resumed.stderr
+  after = read_jsonl(tmp_path / 'metrics.jsonl')
+  assert after[:3] == records and after[3]['epoch'] == 4
+  assert after[3]['step'] == 4 * 84
+
+
+def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path):
+  overrides = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
+               '--config.max_train_examples=256', '--config.num_epochs=2',
+               '--config.augment=True']
+  runs = {}
+  for devices in (1, 2):
+    workdir = tmp_path / f'devices{devices}'
+    result = run_cli(workdir, *overrides, devices=devices)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs[devices] = workdir
+  one, two = (read_jsonl(runs[d] / 'metrics.jsonl') for d in (1, 2))
+  for a, b in zip(one, two, strict=True):
+    for key in PER_EPOCH_KEYS - TIMING_KEYS:
+      assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+  p1, p2 = final_params(runs[1]), final_params(runs[2])
+  for layer in p1:
+    for name in p1[layer]:
+      np.testing.assert_allclose(p1[layer][name], p2[layer][name],
+                                 rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize('override, devices, fragments', [
+    ('--config.l2.mode=twice', 1, ['config.l2.mode', 'decoupled']),
+    ('--config.l2.weight=-0.001', 1, ['config.l2.weight', '[0,']),
+    ('--config.dataset=cifar11', 1, ["'cifar11'", 'folder:PATH']),
+    ('--config.dataset=folder:/nonexistent/cifar', 1,
+     ['/nonexistent/cifar', 'train/']),
+    ('--config.batch_size=127', 2, ['config.batch_size=127', '2 devices']),
+    ('--config.l2.mask=BatchNorm', 1, ['matches no parameter']),
+])
+def test_bad_values_stop_with_one_line(cifar_small, tmp_path, override, devices,
+                                       fragments):
+  earlier = tmp_path / 'metrics.jsonl'
+  earlier.write_text('{"epoch": 1}\n')
+  dataset = ([] if '--config.dataset' in override
+             else [f'--config.dataset=folder:{cifar_small}'])
+  result = run_cli(tmp_path, *dataset, override, devices=devices)
+  assert_clean_error(result, 'l2jax: error:', *fragments)
+  assert earlier.read_text() == '{"epoch": 1}\n'  # Nothing written is lost.
+
+
+def test_fashion_mnist_from_debian_files_through_tfds(tmp_path):
+  if not FASHION_MNIST.exists():
+    if os.environ.get('CI'):
+      pytest.fail(f'{FASHION_MNIST} missing: apt-get install dataset-fashion-mnist')
+    pytest.skip('Debian package dataset-fashion-mnist is not installed')
+  result = run_cli(
+      tmp_path / 'run', f'--config.data_dir={tmp_path / "tfds"}',
+      f'--config.manual_dir={FASHION_MNIST}', '--config.max_train_examples=2048',
+      '--config.num_epochs=1', '--config.batch_size=64',
+      config='configs/fashion_mnist.py')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'shape (28, 28, 1), 10 classes' in result.stderr
+  record = read_jsonl(tmp_path / 'run' / 'metrics.jsonl')[-1]
+  assert record['test_accuracy'] >= 0.6, record

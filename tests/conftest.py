@@ -1,0 +1,51 @@
+"""Shared fixtures: the real CIFAR-10 copy from ../shared/data, and the CLI."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = pathlib.Path(os.environ.get(
+    'L2JAX_SHARED_DATA', REPO.parent / 'shared' / 'data'))
+CIFAR_TARBALL = SHARED_DATA / 'cifar10-jpeg.tar.gz'
+
+
+def _require(path: pathlib.Path, what: str):
+  if not path.exists():
+    message = f'{what} not found at {path}; set L2JAX_SHARED_DATA'
+    if os.environ.get('CI'):
+      pytest.fail(message)  # CI has the data: its absence is a failure.
+    pytest.skip(message)
+
+
+@pytest.fixture(scope='session')
+def cifar_small(tmp_path_factory) -> pathlib.Path:
+  """A slice of the real CIFAR-10 copy: 300 train and 100 test images a class."""
+  _require(CIFAR_TARBALL, 'the CIFAR-10 copy')
+  root = tmp_path_factory.mktemp('cifar')
+  with tarfile.open(CIFAR_TARBALL) as tar:
+    tar.extractall(root, filter='data')
+  full, small = root / 'cifar10-jpeg', root / 'cifar10-small'
+  for split, per_class in (('train', 300), ('test', 100)):
+    for class_dir in sorted((full / split).iterdir()):
+      target = small / split / class_dir.name
+      target.mkdir(parents=True)
+      for image in sorted(class_dir.iterdir())[:per_class]:
+        os.link(image, target / image.name)
+  return small
+
+
+def run_cli(workdir, *overrides, devices: int = 1, config='configs/cifar.py',
+            timeout: int = 600) -> subprocess.CompletedProcess:
+  """`python -m l2jax.main` in a fresh process with `devices` CPU devices."""
+  env = dict(os.environ,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run(
+      [sys.executable, '-m', 'l2jax.main', f'--config={config}',
+       f'--workdir={workdir}', *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,148 @@
+"""Data loading, batching and device-side augmentation."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from l2jax import augment
+from l2jax import data
+from l2jax.errors import ConfigError, DataError
+
+
+def make_split(n, shape=(8, 8, 3)):
+  rng = np.random.default_rng(0)
+  return data.Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+                    np.arange(n, dtype=np.int32))
+
+
+def test_validation_split_is_disjoint_complete_and_fixed():
+  train, val = data.split_validation(make_split(100), 0.2, seed=3)
+  assert (len(train), len(val)) == (80, 20)
+  assert set(train.labels) | set(val.labels) == set(range(100))
+  assert not set(train.labels) & set(val.labels)
+  _, again = data.split_validation(make_split(100), 0.2, seed=3)
+  np.testing.assert_array_equal(val.labels, again.labels)
+  _, other = data.split_validation(make_split(100), 0.2, seed=4)
+  assert set(val.labels) != set(other.labels)
+
+
+def test_train_batches_shapes_and_order():
+  split = make_split(70)
+  batches = list(data.train_batches(split, 16, 2, seed=0, epoch=1))
+  assert len(batches) == 4  # 70 // 16; the partial batch is dropped.
+  images, labels = batches[0]
+  assert images.shape == (2, 8, 8, 8, 3) and labels.shape == (2, 8)
+  seen = np.concatenate([l.ravel() for _, l in batches])
+  assert len(set(seen)) == 64
+  np.testing.assert_array_equal(images.reshape(16, 8, 8, 3),
+                                split.images[labels.ravel()])
+  again = np.concatenate([l.ravel() for _, l in
+                          data.train_batches(split, 16, 2, seed=0, epoch=1)])
+  epoch2 = np.concatenate([l.ravel() for _, l in
+                           data.train_batches(split, 16, 2, seed=0, epoch=2)])
+  np.testing.assert_array_equal(seen, again)
+  assert not np.array_equal(seen, epoch2)
+
+
+def test_eval_batches_cover_everything_once_with_padding_weighted_zero():
+  split = make_split(10)
+  batches = list(data.eval_batches(split, 4, 2))
+  assert len(batches) == 3
+  labels = np.concatenate([l.ravel() for _, l, _ in batches])
+  weights = np.concatenate([w.ravel() for _, _, w in batches])
+  assert weights.sum() == 10
+  np.testing.assert_array_equal(labels[weights == 1], np.arange(10))
+
+
+def test_normalize_and_channel_stats():
+  split = make_split(50)
+  dataset = data.Dataset(split, None, split, 50)
+  mean, std = dataset.channel_stats()
+  pixels = split.images.reshape(-1, 3) / 255.0
+  np.testing.assert_allclose(mean, pixels.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, pixels.std(0), rtol=1e-6)
+  x = np.asarray(augment.normalize(split.images, mean, std))
+  np.testing.assert_allclose(x.reshape(-1, 3).mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(x.reshape(-1, 3).std(0), 1, atol=1e-4)
+
+
+def test_crop_and_flip_is_a_shifted_window_of_the_padded_image():
+  image = make_split(1)[0 : 1].images[0] if False else make_split(1).images[0]
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  windows = {}
+  for dy in range(9):
+    for dx in range(9):
+      window = padded[dy:dy + 8, dx:dx + 8]
+      windows[(dy, dx, False)] = window
+      windows[(dy, dx, True)] = window[:, ::-1]
+  keys = jax.random.split(jax.random.key(0), 200)
+  out = np.asarray(augment.augment_batch(keys, np.stack([image] * 200)))
+  found = []
+  for crop in out:
+    matches = [k for k, w in windows.items() if np.array_equal(w, crop)]
+    assert matches, 'an output is not a window of the padded image'
+    found.append(matches[0])
+  assert {f[2] for f in found} == {False, True}
+  assert len({f[:2] for f in found}) > 40  # Offsets spread over the 81.
+
+
+def write_folder(root, sizes=None):
+  """root/{train,test}/{cat,dog}/*.png with known pixels."""
+  rng = np.random.default_rng(1)
+  written = {}
+  for split, n in (('train', 3), ('test', 2)):
+    for label, name in enumerate(('cat', 'dog')):
+      (root / split / name).mkdir(parents=True)
+      for i in range(n):
+        shape = (sizes or {}).get((split, name, i), (6, 6, 3))
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{i}.png')
+        written[(split, pixels.tobytes())] = label
+  return written
+
+
+def folder_config(path):
+  return ml_collections.ConfigDict(dict(
+      dataset=f'folder:{path}', data_dir='', manual_dir='',
+      validation_fraction=0.0, max_train_examples=0, seed=0))
+
+
+def test_folder_dataset_reads_pixels_and_labels(tmp_path):
+  written = write_folder(tmp_path)
+  dataset = data.load(folder_config(tmp_path))
+  assert dataset.num_classes == 2 and dataset.image_shape == (6, 6, 3)
+  for name, split in (('train', dataset.train), ('test', dataset.test)):
+    assert len(split) == (6 if name == 'train' else 4)
+    for image, label in zip(split.images, split.labels):
+      assert written[(name, image.tobytes())] == label
+
+
+def test_folder_errors_name_the_path(tmp_path):
+  with pytest.raises(DataError, match='has no train/ folder'):
+    data.load(folder_config(tmp_path / 'missing'))
+  (tmp_path / 'empty' / 'train').mkdir(parents=True)
+  (tmp_path / 'empty' / 'test').mkdir()
+  with pytest.raises(DataError, match='empty'):
+    data.load(folder_config(tmp_path / 'empty'))
+  write_folder(tmp_path / 'mixed', sizes={('train', 'dog', 1): (7, 6, 3)})
+  with pytest.raises(DataError, match='one size'):
+    data.load(folder_config(tmp_path / 'mixed'))
+
+
+def test_tfds_offline_is_a_one_line_data_error(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, '_can_reach_tfds_hosts', lambda: False)
+  config = folder_config(tmp_path)
+  config.dataset, config.data_dir = 'cifar10', str(tmp_path)
+  with pytest.raises(DataError, match='cannot be downloaded') as error:
+    data.load(config)
+  assert '--config.dataset=folder:PATH' in str(error.value)
+  assert '\n' not in str(error.value)
+
+
+def test_unknown_tfds_name_is_a_config_error(tmp_path):
+  config = folder_config(tmp_path)
+  config.dataset = 'cifar11'
+  with pytest.raises(ConfigError, match='not a TFDS data set name'):
+    data.load(config)

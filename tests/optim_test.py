@@ -1,0 +1,168 @@
+"""Facts about the L2 modes, each checked against an independent computation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from l2jax import optim
+from l2jax import regularization
+
+LAM = 0.01
+ALPHA = 0.1
+ETA = 0.5  # A schedule multiplier ≠ 1 tells α from η_t in the formulas.
+
+
+def make_params():
+  rng = np.random.default_rng(0)
+  return {'Dense_0': {'kernel': jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                      'bias': jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
+          'Dense_1': {'kernel': jnp.asarray(rng.normal(size=(4, 2)), jnp.float32),
+                      'bias': jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
+
+
+def data_loss(params, step):
+  """A smooth, non-quadratic loss whose gradient changes from step to step."""
+  x = jnp.linspace(-1.0, 1.0, 3) + 0.1 * step
+  h = jnp.tanh(x @ params['Dense_0']['kernel'] + params['Dense_0']['bias'])
+  y = h @ params['Dense_1']['kernel'] + params['Dense_1']['bias']
+  return jnp.sum(jnp.sin(y)) + jnp.sum(y ** 2)
+
+
+MASK = regularization.decay_mask('kernels')
+
+
+def chain(optimizer, mode, weight=LAM, learning_rate=ALPHA,
+          multiplier=lambda step: ETA):
+  direction = {'sgd': optax.identity(), 'momentum': optax.trace(0.9),
+               'adam': optax.scale_by_adam()}[optimizer]
+  return optim.l2_chain(direction, mode=mode, weight=weight,
+                        learning_rate=learning_rate, multiplier=multiplier,
+                        mask=MASK)
+
+
+def run(tx, steps, l2_loss_weight=0.0, params=None):
+  """`steps` updates of `tx` on data loss (+ ½ λ Σ w² over kernels)."""
+  params = make_params() if params is None else params
+  state = tx.init(params)
+
+  def loss(p, step):
+    return data_loss(p, step) + regularization.l2_penalty(
+        p, MASK(p), l2_loss_weight)
+
+  for step in range(steps):
+    grads = jax.grad(loss)(params, step)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+@pytest.mark.parametrize('optimizer', ['momentum', 'adam'])
+def test_loss_term_equals_coupled_decay(optimizer):
+  in_loss = run(chain(optimizer, 'loss'), 10, l2_loss_weight=LAM)
+  coupled = run(chain(optimizer, 'coupled'), 10)
+  chex.assert_trees_all_close(in_loss, coupled, rtol=1e-5, atol=1e-6)
+  # And L2 did something: without it the result is different.
+  assert not np.allclose(in_loss['Dense_0']['kernel'],
+                         run(chain(optimizer, 'none'), 10)['Dense_0']['kernel'])
+
+
+def numpy_grads(params, step):
+  grads = jax.grad(data_loss)(params, step)
+  return jax.tree_util.tree_map(np.asarray, grads)
+
+
+@pytest.mark.parametrize('optimizer', ['momentum', 'adam'])
+def test_decoupled_matches_handwritten_sgdw_and_adamw(optimizer):
+  """Loshchilov & Hutter, Algorithms 1 and 2: w ← w − η_t (α u_t + λ w)."""
+  steps, mu, b1, b2, eps = 3, 0.9, 0.9, 0.999, 1e-8
+  got = run(chain(optimizer, 'decoupled'), steps)
+
+  w = jax.tree_util.tree_map(np.asarray, make_params())
+  b = {k: {n: np.zeros_like(v) for n, v in d.items()} for k, d in w.items()}
+  m = {k: {n: np.zeros_like(v) for n, v in d.items()} for k, d in w.items()}
+  v = {k: {n: np.zeros_like(v) for n, v in d.items()} for k, d in w.items()}
+  for t in range(1, steps + 1):
+    g = numpy_grads(jax.tree_util.tree_map(jnp.asarray, w), t - 1)
+    for layer in w:
+      for name in w[layer]:
+        gi, wi = g[layer][name], w[layer][name]
+        if optimizer == 'momentum':
+          b[layer][name] = mu * b[layer][name] + gi
+          u = b[layer][name]
+        else:
+          m[layer][name] = b1 * m[layer][name] + (1 - b1) * gi
+          v[layer][name] = b2 * v[layer][name] + (1 - b2) * gi ** 2
+          m_hat = m[layer][name] / (1 - b1 ** t)
+          v_hat = v[layer][name] / (1 - b2 ** t)
+          u = m_hat / (np.sqrt(v_hat) + eps)
+        decay = LAM * wi if name == 'kernel' else 0.0
+        w[layer][name] = wi - ETA * (ALPHA * u + decay)
+  chex.assert_trees_all_close(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_decoupled_differs_from_coupled_under_adam():
+  decoupled = run(chain('adam', 'decoupled', weight=0.1), 10)
+  coupled = run(chain('adam', 'coupled', weight=0.1), 10)
+  diff = np.abs(decoupled['Dense_0']['kernel'] - coupled['Dense_0']['kernel'])
+  assert diff.max() > 1e-3
+
+
+def test_plain_sgd_decoupled_equals_coupled_with_weight_over_lr():
+  """Proposition 1 of Loshchilov & Hutter, at constant α."""
+  one = lambda step: 1.0
+  decoupled = run(chain('sgd', 'decoupled', multiplier=one), 10)
+  coupled = run(chain('sgd', 'coupled', weight=LAM / ALPHA, multiplier=one), 10)
+  chex.assert_trees_all_close(decoupled, coupled, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_sgd_decoupled_lr_equals_coupled():
+  one = lambda step: 1.0
+  decoupled_lr = run(chain('sgd', 'decoupled_lr', multiplier=one), 10)
+  coupled = run(chain('sgd', 'coupled', multiplier=one), 10)
+  chex.assert_trees_all_close(decoupled_lr, coupled, rtol=1e-5, atol=1e-6)
+
+
+def test_decoupled_lr_under_adam_is_optax_adamw():
+  schedule = optax.cosine_decay_schedule(1.0, 10)
+  ours = run(chain('adam', 'decoupled_lr', multiplier=schedule), 10)
+  adamw = run(optax.adamw(lambda s: ALPHA * schedule(s), weight_decay=LAM,
+                          mask=MASK), 10)
+  chex.assert_trees_all_close(ours, adamw, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('optimizer', ['momentum', 'adam'])
+@pytest.mark.parametrize('mode', ['loss', 'coupled', 'decoupled', 'decoupled_lr'])
+def test_biases_never_decay(optimizer, mode):
+  """With a zero data gradient only the decay moves the weights."""
+  params = make_params()
+  tx = chain(optimizer, mode, weight=0.5)
+  state = tx.init(params)
+  for _ in range(3):
+    grads = jax.grad(lambda p: regularization.l2_penalty(
+        p, MASK(p), optim.loss_l2_weight(mode, 0.5)))(params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  before = make_params()
+  for layer in params:
+    np.testing.assert_array_equal(params[layer]['bias'], before[layer]['bias'])
+    shrunk = np.abs(params[layer]['kernel']) < np.abs(before[layer]['kernel'])
+    assert shrunk.all(), f'{mode}: {layer}/kernel did not decay'
+
+
+def test_lr_multiplier_shapes():
+  from ml_collections import ConfigDict
+  config = ConfigDict(dict(num_epochs=10, warmup_epochs=1.0, schedule='cosine',
+                           step_boundaries=(0.5, 0.75), step_decay=0.1))
+  cosine = optim.lr_multiplier(config, steps_per_epoch=10)
+  assert float(cosine(0)) == 0.0
+  assert float(cosine(5)) == pytest.approx(0.5)
+  assert float(cosine(10)) == pytest.approx(1.0)
+  # Halfway through the 90 cosine steps: ½ (1 + cos(π/2)) = ½.
+  assert float(cosine(55)) == pytest.approx(0.5, abs=1e-6)
+  config.schedule, config.warmup_epochs = 'step', 0.0
+  step = optim.lr_multiplier(config, steps_per_epoch=10)
+  assert [float(step(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+      [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
