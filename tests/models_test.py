@@ -31,6 +31,13 @@ def test_seed_cnn_shapes_and_parameter_count(shape, classes):
   chex.assert_shape(model.apply({'params': params}, x), (5, classes))
 
 
+def test_narrow_variant_has_a_quarter_of_the_widths():
+  model = models.create_model('seed_cnn_narrow', 10)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  assert count(params) == ((3 * 3 * 3 * 16 + 16) + (3 * 3 * 16 * 32 + 32)
+                           + (8 * 8 * 32 * 256 + 256) + (256 * 10 + 10))
+
+
 def test_cifar_seed_cnn_has_8_475_530_parameters():
   # 1,792 + 73,856 + 8,389,632 + 10,250, as PyTorch reports for the seed.
   model = models.create_model('seed_cnn', 10)
