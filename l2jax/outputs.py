@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
 METRICS = 'metrics.jsonl'
 SUMMARY = 'summary.json'
@@ -59,6 +60,8 @@ def plot_curves(workdir: str, records: list, title: str) -> None:
   norm_ax.plot(epochs, [r['weight_norm'] for r in records], marker='o')
   norm_ax.set(xlabel='epoch', ylabel='‖w‖₂ (masked parameters)',
               title='weight norm')
+  for ax in (acc_ax, norm_ax):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.suptitle(title)
   fig.tight_layout()
   path = os.path.join(workdir, CURVES)

@@ -4,6 +4,7 @@ import functools
 import platform
 import sys
 import time
+from typing import Optional
 
 from absl import logging
 import flax
@@ -96,14 +97,41 @@ def weight_measures(params, mask_fn, l2_weight):
           'l2_penalty': regularization.l2_penalty(params, mask, l2_weight)}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_epoch(p_train_step, state, rng, batches, steps: int, desc: str):
+  """Runs the steps of one epoch; returns (state, mean of the step metrics)."""
+  step_metrics = []
+  for images, labels in tqdm(jax_utils.prefetch_to_device(batches, 2),
+                             total=steps, desc=desc, leave=False,
+                             disable=not sys.stderr.isatty()):
+    state, metrics = p_train_step(state, images, labels, rng)
+    step_metrics.append(metrics)
+  step_metrics = jax.device_get(step_metrics)  # One transfer, at epoch end.
+  return state, {k: float(np.mean([m[k][0] for m in step_metrics]))
+                 for k in step_metrics[0]}
+
+
+def summarize(config, records: list, num_devices: int) -> dict:
+  return {
+      'final': records[-1] if records else {},
+      'config': config.to_dict(),
+      'num_devices': num_devices,
+      'platform': jax.default_backend(),
+      'machine': platform.processor() or platform.machine(),
+      'versions': {'jax': jax.__version__, 'flax': flax.__version__,
+                   'optax': optax.__version__},
+  }
+
+
+def train_and_evaluate(config, workdir: str,
+                       dataset: Optional[data_lib.Dataset] = None) -> dict:
   """Trains `config`, writing metrics, curves and checkpoints to `workdir`.
 
-  Resumes from the last checkpoint in `workdir` if there is one. Returns the
-  summary written to summary.json.
+  Resumes from the last checkpoint in `workdir` if there is one. `dataset`
+  (default: `data.load(config)`) lets a sweep read its data once. Returns
+  the summary written to summary.json.
   """
   num_devices = jax.local_device_count()
-  dataset = data_lib.load(config)
+  dataset = dataset or data_lib.load(config)
   steps_per_epoch = len(dataset.train) // config.batch_size
   if not steps_per_epoch:
     raise ConfigError(
@@ -137,32 +165,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
   p_eval_step = jax.pmap(
       functools.partial(eval_step, apply_fn=model.apply, mean=mean, std=std),
       axis_name=AXIS)
+  eval_splits = {'val': dataset.validation, 'test': dataset.test}
 
   state = jax_utils.replicate(state)
   train_rng = jax_utils.replicate(train_rng)
   for epoch in range(start_epoch + 1, config.num_epochs + 1):
     start = time.perf_counter()
-    batches = data_lib.train_batches(dataset.train, config.batch_size,
-                                     num_devices, config.seed, epoch)
-    step_metrics = []
-    for images, labels in tqdm(
-        jax_utils.prefetch_to_device(batches, 2), total=steps_per_epoch,
-        desc=f'epoch {epoch}/{config.num_epochs}', leave=False,
-        disable=not sys.stderr.isatty()):
-      state, metrics = p_train_step(state, images, labels, train_rng)
-      step_metrics.append(metrics)
-    step_metrics = jax.device_get(step_metrics)
+    state, train_metrics = train_epoch(
+        p_train_step, state, train_rng,
+        data_lib.train_batches(dataset.train, config.batch_size, num_devices,
+                               config.seed, epoch),
+        steps_per_epoch, f'epoch {epoch}/{config.num_epochs}')
     epoch_seconds = time.perf_counter() - start
 
-    params = jax_utils.unreplicate(state.params)
     step = int(jax_utils.unreplicate(state.step))
-    record = {'epoch': epoch, 'step': step}
-    record.update({k: float(np.mean([m[k][0] for m in step_metrics]))
-                   for k in step_metrics[0]})
+    record = {'epoch': epoch, 'step': step, **train_metrics}
     record.update({k: float(v) for k, v in weight_measures(
-        params, mask_fn, config.l2.weight).items()})
-    splits = {'val': dataset.validation, 'test': dataset.test}
-    for name, split in splits.items():
+        jax_utils.unreplicate(state.params), mask_fn,
+        config.l2.weight).items()})
+    for name, split in eval_splits.items():
       if split is not None:
         result = evaluate(p_eval_step, state.params, split,
                           config.eval_batch_size, num_devices)
@@ -183,15 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpointer.save(epoch, jax_utils.unreplicate(state))
 
   checkpointer.close()
-  summary = {
-      'final': writer.records[-1] if writer.records else {},
-      'config': config.to_dict(),
-      'num_devices': num_devices,
-      'platform': jax.default_backend(),
-      'machine': platform.processor() or platform.machine(),
-      'versions': {'jax': jax.__version__, 'flax': flax.__version__,
-                   'optax': optax.__version__},
-  }
+  summary = summarize(config, writer.records, num_devices)
   outputs.write_summary(workdir, summary)
   outputs.plot_curves(
       workdir, writer.records,
