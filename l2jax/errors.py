@@ -11,3 +11,7 @@ class ConfigError(L2JaxError):
 
 class DataError(L2JaxError):
   """A data set that is missing, unreachable or malformed."""
+
+
+class DivergenceError(L2JaxError):
+  """Training produced a non-finite loss or parameter."""

@@ -23,7 +23,7 @@ from l2jax import models
 from l2jax import optim
 from l2jax import outputs
 from l2jax import regularization
-from l2jax.errors import ConfigError
+from l2jax.errors import ConfigError, DivergenceError
 
 AXIS = 'batch'
 
@@ -106,8 +106,23 @@ def train_epoch(p_train_step, state, rng, batches, steps: int, desc: str):
     state, metrics = p_train_step(state, images, labels, rng)
     step_metrics.append(metrics)
   step_metrics = jax.device_get(step_metrics)  # One transfer, at epoch end.
-  return state, {k: float(np.mean([m[k][0] for m in step_metrics]))
+  return state, {k: np.array([m[k][0] for m in step_metrics])
                  for k in step_metrics[0]}
+
+
+def check_finite(step_losses, first_step: int, weight_norm: float,
+                 learning_rate, last_epoch: int) -> None:
+  """Raises DivergenceError naming the first step whose loss is not finite."""
+  bad = np.flatnonzero(~np.isfinite(step_losses))
+  if not bad.size and np.isfinite(weight_norm):
+    return
+  step = first_step + (int(bad[0]) if bad.size else len(step_losses) - 1)
+  raise DivergenceError(
+      f'training diverged at step {step + 1} (learning rate '
+      f'{float(learning_rate(step)):.4g}): '
+      + (f'loss {step_losses[bad[0]]}' if bad.size else 'a parameter is not finite')
+      + f'; the last finite checkpoint is epoch {last_epoch}; '
+      'lower config.learning_rate or config.l2.weight')
 
 
 def summarize(config, records: list, num_devices: int) -> dict:
@@ -169,41 +184,45 @@ def train_and_evaluate(config, workdir: str,
 
   state = jax_utils.replicate(state)
   train_rng = jax_utils.replicate(train_rng)
-  for epoch in range(start_epoch + 1, config.num_epochs + 1):
-    start = time.perf_counter()
-    state, train_metrics = train_epoch(
-        p_train_step, state, train_rng,
-        data_lib.train_batches(dataset.train, config.batch_size, num_devices,
-                               config.seed, epoch),
-        steps_per_epoch, f'epoch {epoch}/{config.num_epochs}')
-    epoch_seconds = time.perf_counter() - start
+  try:
+    for epoch in range(start_epoch + 1, config.num_epochs + 1):
+      start = time.perf_counter()
+      state, train_metrics = train_epoch(
+          p_train_step, state, train_rng,
+          data_lib.train_batches(dataset.train, config.batch_size, num_devices,
+                                 config.seed, epoch),
+          steps_per_epoch, f'epoch {epoch}/{config.num_epochs}')
+      epoch_seconds = time.perf_counter() - start
 
-    step = int(jax_utils.unreplicate(state.step))
-    record = {'epoch': epoch, 'step': step, **train_metrics}
-    record.update({k: float(v) for k, v in weight_measures(
-        jax_utils.unreplicate(state.params), mask_fn,
-        config.l2.weight).items()})
-    for name, split in eval_splits.items():
-      if split is not None:
-        result = evaluate(p_eval_step, state.params, split,
-                          config.eval_batch_size, num_devices)
-        record[f'{name}_loss'] = result['loss']
-        record[f'{name}_accuracy'] = result['accuracy']
-    record.update(
-        learning_rate=float(learning_rate(step - 1)),
-        epoch_seconds=epoch_seconds,
-        images_per_second=steps_per_epoch * config.batch_size / epoch_seconds)
-    writer.write(record)
-    logging.info(
-        'epoch %d/%d: loss %.4f, train %.4f, val %s, test %.4f, ‖w‖ %.3f, '
-        'lr %.4g, %.1f s, %.0f images/s', epoch, config.num_epochs,
-        record['train_loss'], record['train_accuracy'],
-        '%.4f' % record['val_accuracy'] if 'val_accuracy' in record else '-',
-        record['test_accuracy'], record['weight_norm'],
-        record['learning_rate'], epoch_seconds, record['images_per_second'])
-    checkpointer.save(epoch, jax_utils.unreplicate(state))
-
-  checkpointer.close()
+      step = int(jax_utils.unreplicate(state.step))
+      record = {'epoch': epoch, 'step': step}
+      record.update({k: float(np.mean(v)) for k, v in train_metrics.items()})
+      record.update({k: float(v) for k, v in weight_measures(
+          jax_utils.unreplicate(state.params), mask_fn,
+          config.l2.weight).items()})
+      check_finite(train_metrics['train_loss'], step - steps_per_epoch,
+                   record['weight_norm'], learning_rate, epoch - 1)
+      for name, split in eval_splits.items():
+        if split is not None:
+          result = evaluate(p_eval_step, state.params, split,
+                            config.eval_batch_size, num_devices)
+          record[f'{name}_loss'] = result['loss']
+          record[f'{name}_accuracy'] = result['accuracy']
+      record.update(
+          learning_rate=float(learning_rate(step - 1)),
+          epoch_seconds=epoch_seconds,
+          images_per_second=steps_per_epoch * config.batch_size / epoch_seconds)
+      writer.write(record)
+      logging.info(
+          'epoch %d/%d: loss %.4f, train %.4f, val %s, test %.4f, ‖w‖ %.3f, '
+          'lr %.4g, %.1f s, %.0f images/s', epoch, config.num_epochs,
+          record['train_loss'], record['train_accuracy'],
+          '%.4f' % record['val_accuracy'] if 'val_accuracy' in record else '-',
+          record['test_accuracy'], record['weight_norm'],
+          record['learning_rate'], epoch_seconds, record['images_per_second'])
+      checkpointer.save(epoch, jax_utils.unreplicate(state))
+  finally:
+    checkpointer.close()  # Waits for the last save, also on errors.
   summary = summarize(config, writer.records, num_devices)
   outputs.write_summary(workdir, summary)
   outputs.plot_curves(

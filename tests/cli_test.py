@@ -115,6 +115,22 @@ def test_bad_values_stop_with_one_line(cifar_small, tmp_path, override, devices,
   assert earlier.read_text() == '{"epoch": 1}\n'  # Nothing written is lost.
 
 
+def test_divergence_stops_naming_the_step_and_keeps_finite_results(
+    cifar_small, tmp_path):
+  common = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
+            '--config.max_train_examples=256', '--config.schedule=constant']
+  assert run_cli(tmp_path, *common, '--config.num_epochs=1').returncode == 0
+  result = run_cli(tmp_path, *common, '--config.num_epochs=2',
+                   '--config.learning_rate=1e4')
+  assert_clean_error(result, 'diverged at step', 'learning rate 1e+04',
+                     'last finite checkpoint is epoch 1')
+  records = read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [r['epoch'] for r in records] == [1]
+  assert all(np.isfinite(v) for v in records[0].values())
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()
+                if p.name.isdigit()) == ['1']
+
+
 def test_fashion_mnist_from_debian_files_through_tfds(tmp_path):
   if not FASHION_MNIST.exists():
     if os.environ.get('CI'):
