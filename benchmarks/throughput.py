@@ -1,0 +1,277 @@
+"""Training-step throughput of l2jax, and of PyTorch, on this machine's CPU.
+
+    python benchmarks/throughput.py [--model=seed_cnn --batch_size=128
+        --steps=20 --augment --notorch --out=/tmp/throughput.md]
+
+Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
+builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
+synthetic uint8 CIFAR-shaped batch: the first call (which compiles) apart,
+then the median of `--steps` calls, each ended by `jax.block_until_ready`.
+FLOPs per step come from XLA's cost analysis of the compiled step; a jitted
+2048×2048 float32 matmul gives the machine's reference GFLOP/s. When PyTorch
+is installed, the same network and optimizer are timed the same way.
+About a minute on a 2-core CPU.
+"""
+
+import functools
+import importlib.util
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import flax
+from flax import jax_utils
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+
+# Run as a script from anywhere: the repository root holds l2jax/, configs/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import cifar
+from l2jax import configuration
+from l2jax import data as data_lib
+from l2jax import models
+from l2jax import optim
+from l2jax import regularization
+from l2jax import train
+from l2jax.errors import L2JaxError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('model', 'seed_cnn', list(models.MODELS), 'Network.')
+flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+flags.DEFINE_integer('steps', 20, 'Timed steps after the first (median).')
+flags.DEFINE_bool('augment', False, 'Crop and flip inside the step.')
+flags.DEFINE_bool('torch', None,
+                  'Also time PyTorch; default: when installed (seed_cnn only).')
+flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+MATMUL_SIZE = 2048
+
+
+def time_calls(step, steps: int) -> dict:
+  """Seconds of the first `step()`, and median, min, max of the next `steps`.
+
+  A max far above the median means other work shared the CPU.
+  """
+  times = []
+  for _ in range(steps + 1):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return {'first_s': times[0], 'median_s': statistics.median(times[1:]),
+          'min_s': min(times[1:]), 'max_s': max(times[1:])}
+
+
+def matmul_gflops(repeats: int = 10) -> float:
+  """The machine's float32 matmul rate: 2 n³ FLOPs per n×n product."""
+  a, b = jax.random.normal(jax.random.key(0), (2, MATMUL_SIZE, MATMUL_SIZE))
+  dot = jax.jit(jnp.dot)
+  timing = time_calls(lambda: dot(a, b).block_until_ready(), repeats)
+  return 2 * MATMUL_SIZE**3 / timing['median_s'] / 1e9
+
+
+def peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def with_memory(time_fn, *args) -> dict:
+  """`time_fn(*args)`, with the process's RSS before and its peak during."""
+  try:  # Linux: lowers the peak RSS to the current RSS.
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+  except OSError:
+    pass  # Elsewhere the peak also covers all the process did before.
+  before = peak_rss_mib()
+  result = time_fn(*args)
+  return {**result, 'rss_before_mib': before, 'peak_rss_mib': peak_rss_mib()}
+
+
+def synthetic_data(batch_size: int) -> data_lib.Dataset:
+  """One batch of random uint8 images, as both training and test split."""
+  rng = np.random.default_rng(0)
+  split = data_lib.Split(
+      rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8),
+      rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32))
+  return data_lib.Dataset(split, None, split, NUM_CLASSES)
+
+
+def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
+  """Builds state and pmapped step as `train.train_and_evaluate` does."""
+  num_devices = jax.local_device_count()
+  model = models.create_model(config.model, NUM_CLASSES)
+  # The schedule's length changes no cost; one epoch of `steps + 1` will do.
+  tx, _ = optim.make_optimizer(config, steps + 1)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state = train.create_train_state(init_rng, model, dataset.image_shape, tx)
+  mean, std = dataset.channel_stats()
+  p_train_step = jax.pmap(
+      functools.partial(
+          train.train_step, mean=mean, std=std, augment_images=config.augment,
+          l2_loss_weight=optim.loss_l2_weight(config.l2.mode, config.l2.weight),
+          mask_fn=regularization.decay_mask(config.l2.mask)),
+      axis_name=train.AXIS, donate_argnums=(0,))
+  state = jax_utils.replicate(state)
+  train_rng = jax_utils.replicate(train_rng)
+  images, labels = next(jax_utils.prefetch_to_device(data_lib.train_batches(
+      dataset.train, config.batch_size, num_devices, config.seed, 1), 1))
+
+  def step():
+    nonlocal state
+    state, metrics = p_train_step(state, images, labels, train_rng)
+    jax.block_until_ready((state, metrics))
+
+  # Timed before the cost analysis, whose compilation pmap might cache.
+  timing = time_calls(step, steps)
+  cost = p_train_step.lower(state, images, labels, train_rng).compile()
+  cost = cost.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The program is one device's share of the batch; each device runs it.
+  return {**timing, 'flops': cost['flops'] * num_devices}
+
+
+def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
+  """The seed CNN under PyTorch's SGD with coupled weight decay, timed alike.
+
+  PyTorch's weight_decay also reaches the biases (l2jax's mask: kernels only)
+  and its learning rate stays constant; neither costs a measurable FLOP.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(config.seed)
+  torch.set_num_threads(os.cpu_count())
+  model = nn.Sequential(
+      nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Flatten(), nn.Linear(128 * 8 * 8, 1024), nn.ReLU(),
+      nn.Linear(1024, NUM_CLASSES))
+  optimizer = torch.optim.SGD(
+      model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+      weight_decay=config.l2.weight)
+  images = torch.from_numpy(dataset.train.images.transpose(0, 3, 1, 2).copy())
+  labels = torch.from_numpy(dataset.train.labels).long()
+  mean, std = (torch.from_numpy(s).view(1, -1, 1, 1)
+               for s in dataset.channel_stats())
+
+  def step():
+    x = (images.float() / 255.0 - mean) / std  # In the step, as in l2jax's.
+    loss = nn.functional.cross_entropy(model(x), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+  timing = time_calls(step, steps)  # PyTorch on a CPU is synchronous.
+  return {**timing, 'version': torch.__version__,
+          'threads': torch.get_num_threads()}
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f
+                  if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def report(config, steps: int, load: float, matmul: float,
+           results: dict) -> str:
+  """Markdown: command, machine, versions, then one column per framework."""
+  flops = results['l2jax']['flops']
+  versions = (f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, '
+              f'flax {flax.__version__}, optax {optax.__version__}')
+  if 'PyTorch' in results:
+    versions += (f', torch {results["PyTorch"]["version"]} '
+                 f'({results["PyTorch"]["threads"]} threads)')
+  lines = [
+      '# Training-step throughput', '',
+      '    ' + shlex.join(['python'] + sys.argv), '',
+      f'- Machine: {cpu_model()}, {os.cpu_count()} cores; JAX on '
+      f'{jax.local_device_count()} {jax.default_backend()} device(s); '
+      f'load average {load:.2f} before the run',
+      f'- Versions: {versions}',
+      f'- Step: {config.model}, batch {config.batch_size} of {IMAGE_SHAPE} '
+      f'uint8, {NUM_CLASSES} classes, augment {config.augment}; '
+      f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
+      f'λ={config.l2.weight}',
+      f'- Timing: the first step apart, then the median of {steps} steps',
+      f'- FLOPs: XLA cost analysis of the compiled l2jax step, '
+      f'{flops / 1e9:.2f} GFLOP a step (used for both columns)',
+      f'- Reference: float32 {MATMUL_SIZE}×{MATMUL_SIZE} matmul (jitted '
+      f'jnp.dot), {matmul:.1f} GFLOP/s',
+      '- Memory: the process\'s RSS before each column and its peak '
+      '(ru_maxrss, reset to the RSS before) while that column ran', '',
+      '| | ' + ' | '.join(results) + ' |', '|---' * (len(results) + 1) + '|',
+  ]
+  rows = {
+      'first step (l2jax: compile) [s]': lambda r: f'{r["first_s"]:.2f}',
+      'median step [ms] (min–max)': lambda r: (
+          f'{1e3 * r["median_s"]:.1f} ({1e3 * r["min_s"]:.0f}–'
+          f'{1e3 * r["max_s"]:.0f})'),
+      'images/s': lambda r: f'{config.batch_size / r["median_s"]:.1f}',
+      'GFLOP/s': lambda r: f'{flops / r["median_s"] / 1e9:.2f}',
+      'fraction of matmul GFLOP/s': (
+          lambda r: f'{flops / r["median_s"] / 1e9 / matmul:.1%}'),
+      'RSS before [MiB]': lambda r: f'{r["rss_before_mib"]:.0f}',
+      'peak RSS during [MiB]': lambda r: f'{r["peak_rss_mib"]:.0f}',
+  }
+  for name, cell in rows.items():
+    lines.append(f'| {name} | '
+                 + ' | '.join(cell(r) for r in results.values()) + ' |')
+  if 'PyTorch' in results:
+    ratio = results['PyTorch']['median_s'] / results['l2jax']['median_s']
+    lines += ['', f'l2jax / PyTorch images/s: {ratio:.2f}']
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = cifar.get_config()
+  config.model, config.batch_size = FLAGS.model, FLAGS.batch_size
+  config.augment = FLAGS.augment
+  has_torch = importlib.util.find_spec('torch') is not None
+  run_torch = FLAGS.torch
+  if run_torch is None:  # Neither --torch nor --notorch.
+    run_torch = has_torch and config.model == 'seed_cnn'
+  try:
+    configuration.validate(config, jax.local_device_count())
+    if FLAGS.steps < 1:
+      raise L2JaxError(f'--steps={FLAGS.steps} must be at least 1')
+    if run_torch and not has_torch:
+      raise L2JaxError('--torch needs PyTorch, which is not installed; '
+                       'install it or pass --notorch')
+    if run_torch and config.model != 'seed_cnn':
+      raise L2JaxError('the PyTorch twin exists for seed_cnn only, not '
+                       f'--model={config.model}; pass --notorch')
+  except L2JaxError as e:
+    sys.exit(f'throughput: error: {e}')
+
+  load = os.getloadavg()[0]
+  dataset = synthetic_data(config.batch_size)
+  results = {'l2jax': with_memory(time_l2jax, config, dataset, FLAGS.steps)}
+  matmul = matmul_gflops()
+  if run_torch:
+    results['PyTorch'] = with_memory(time_torch, config, dataset, FLAGS.steps)
+  text = report(config, FLAGS.steps, load, matmul, results)
+  print(text, end='')
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, 'w') as f:
+      f.write(text)
+    print(f'wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
