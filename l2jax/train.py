@@ -97,6 +97,12 @@ def weight_measures(params, mask_fn, l2_weight):
           'l2_penalty': regularization.l2_penalty(params, mask, l2_weight)}
 
 
+def replicate(tree):
+  """Copies `tree` to every local device, placed as the pmapped steps place
+  their outputs, so that a step's second call does not compile again."""
+  return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
+
+
 def train_epoch(p_train_step, state, rng, batches, steps: int, desc: str):
   """Runs the steps of one epoch; returns (state, mean of the step metrics)."""
   step_metrics = []
@@ -182,7 +188,7 @@ def train_and_evaluate(config, workdir: str,
       axis_name=AXIS)
   eval_splits = {'val': dataset.validation, 'test': dataset.test}
 
-  state = jax_utils.replicate(state)
+  state = replicate(state)
   train_rng = jax_utils.replicate(train_rng)
   try:
     for epoch in range(start_epoch + 1, config.num_epochs + 1):
