@@ -46,6 +46,7 @@ def get_config():
   config.batch_size = 128  # Global; must divide by the device count.
   config.eval_batch_size = 1000
   config.num_epochs = 30
+  config.eval_every_epochs = 1  # Validation and test; always after the last epoch.
   config.seed = 0
   config.checkpoints_to_keep = 3
   return config

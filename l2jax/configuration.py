@@ -55,6 +55,7 @@ def validate(config, num_devices: int) -> None:
   _number(config, 'adam.b2', low=0, high=1, high_open=True)
   _number(config, 'adam.eps', low=0)
   _number(config, 'num_epochs', low=1, integer=True)
+  _number(config, 'eval_every_epochs', low=1, integer=True)
   _number(config, 'warmup_epochs', low=0)
   _require(config.warmup_epochs < config.num_epochs,
            f'config.warmup_epochs={config.warmup_epochs} must be shorter than '

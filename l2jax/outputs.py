@@ -53,8 +53,9 @@ def plot_curves(workdir: str, records: list, title: str) -> None:
   fig, (acc_ax, norm_ax) = plt.subplots(1, 2, figsize=(10, 4))
   for key, label in (('train_accuracy', 'train'), ('val_accuracy', 'validation'),
                      ('test_accuracy', 'test')):
-    if records and key in records[0]:
-      acc_ax.plot(epochs, [r[key] for r in records], marker='o', label=label)
+    points = [(r['epoch'], r[key]) for r in records if key in r]
+    if points:
+      acc_ax.plot(*zip(*points), marker='o', label=label)
   acc_ax.set(xlabel='epoch', ylabel='accuracy', title='accuracy')
   acc_ax.legend()
   norm_ax.plot(epochs, [r['weight_norm'] for r in records], marker='o')

@@ -208,8 +208,10 @@ def train_and_evaluate(config, workdir: str,
           config.l2.weight).items()})
       check_finite(train_metrics['train_loss'], step - steps_per_epoch,
                    record['weight_norm'], learning_rate, epoch - 1)
+      evaluate_now = (epoch % config.eval_every_epochs == 0
+                      or epoch == config.num_epochs)
       for name, split in eval_splits.items():
-        if split is not None:
+        if split is not None and evaluate_now:
           result = evaluate(p_eval_step, state.params, split,
                             config.eval_batch_size, num_devices)
           record[f'{name}_loss'] = result['loss']
@@ -220,12 +222,13 @@ def train_and_evaluate(config, workdir: str,
           images_per_second=steps_per_epoch * config.batch_size / epoch_seconds)
       writer.write(record)
       logging.info(
-          'epoch %d/%d: loss %.4f, train %.4f, val %s, test %.4f, ‖w‖ %.3f, '
+          'epoch %d/%d: loss %.4f, train %.4f, val %s, test %s, ‖w‖ %.3f, '
           'lr %.4g, %.1f s, %.0f images/s', epoch, config.num_epochs,
           record['train_loss'], record['train_accuracy'],
-          '%.4f' % record['val_accuracy'] if 'val_accuracy' in record else '-',
-          record['test_accuracy'], record['weight_norm'],
-          record['learning_rate'], epoch_seconds, record['images_per_second'])
+          *('%.4f' % record[k] if k in record else '-'
+            for k in ('val_accuracy', 'test_accuracy')),
+          record['weight_norm'], record['learning_rate'], epoch_seconds,
+          record['images_per_second'])
       checkpointer.save(epoch, jax_utils.unreplicate(state))
   finally:
     checkpointer.close()  # Waits for the last save, also on errors.
