@@ -69,7 +69,7 @@ def test_normalize_and_channel_stats():
 
 
 def test_crop_and_flip_is_a_shifted_window_of_the_padded_image():
-  image = make_split(1)[0 : 1].images[0] if False else make_split(1).images[0]
+  image = make_split(1).images[0]
   padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
   windows = {}
   for dy in range(9):
