@@ -1,7 +1,7 @@
 """Training-step throughput of l2jax, and of PyTorch, on this machine's CPU.
 
     python benchmarks/throughput.py [--model=seed_cnn --batch_size=128
-        --steps=20 --augment --notorch --out=/tmp/throughput.md]
+        --steps=20 --augment --notorch --impl=auto --out=/tmp/throughput.md]
 
 Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cifar
 from l2jax import configuration
 from l2jax import data as data_lib
+from l2jax import layers
 from l2jax import models
 from l2jax import optim
 from l2jax import regularization
@@ -53,6 +54,8 @@ flags.DEFINE_bool('augment', False, 'Crop and flip inside the step.')
 flags.DEFINE_bool('torch', None,
                   'Also time PyTorch; default: when installed (seed_cnn only).')
 flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
+flags.DEFINE_enum('impl', 'auto', ['auto', 'cpu', 'xla'],
+                  "The model's conv/pool implementation (SeedCNN.impl).")
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -109,7 +112,7 @@ def synthetic_data(batch_size: int) -> data_lib.Dataset:
 def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
   """Builds state and pmapped step as `train.train_and_evaluate` does."""
   num_devices = jax.local_device_count()
-  model = models.create_model(config.model, NUM_CLASSES)
+  model = models.create_model(config.model, NUM_CLASSES, FLAGS.impl)
   # The schedule's length changes no cost; one epoch of `steps + 1` will do.
   tx, _ = optim.make_optimizer(config, steps + 1)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -201,8 +204,9 @@ def report(config, steps: int, load: float, matmul: float,
       f'{jax.local_device_count()} {jax.default_backend()} device(s); '
       f'load average {load:.2f} before the run',
       f'- Versions: {versions}',
-      f'- Step: {config.model}, batch {config.batch_size} of {IMAGE_SHAPE} '
-      f'uint8, {NUM_CLASSES} classes, augment {config.augment}; '
+      f'- Step: {config.model} (impl {FLAGS.impl}: '
+      f'{layers.resolve_impl(FLAGS.impl)}), batch {config.batch_size} of '
+      f'{IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, augment {config.augment}; '
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
       f'λ={config.l2.weight}',
       f'- Timing: the first step apart, then the median of {steps} steps',

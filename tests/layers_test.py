@@ -1,0 +1,168 @@
+"""l2jax.layers against XLA's own layers: values and gradients, ties included.
+
+Every expected value comes from the reference (nn.max_pool, nn.Conv with
+lax.conv_general_dilated, SeedCNN(impl='xla')), never from l2jax.layers.
+"""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2jax import layers
+from l2jax import models
+
+# (batch, height, width, channels): odd batches, MNIST-sized, odd sides.
+POOL_SHAPES = [(5, 28, 28, 1), (3, 32, 32, 3), (1, 7, 9, 4), (2, 16, 16, 64)]
+CONV_SHAPES = [(3, 28, 28, 1, 8), (5, 32, 32, 3, 64), (3, 9, 7, 16, 5),
+               (2, 8, 8, 17, 4), (3, 16, 16, 64, 128)]
+
+
+def normal(seed, shape):
+  # NumPy's generator: jax.random compiles anew for each shape (seconds).
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape),
+                     jnp.float32)
+
+
+def random_params(module, x, seed):
+  """Parameters of module's shapes, scaled by 1/√fan-in, drawn by NumPy."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)['params']
+  leaves, tree = jax.tree_util.tree_flatten(shapes)
+  return tree.unflatten([
+      normal(seed + i, leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+      for i, leaf in enumerate(leaves)])
+
+
+def reference_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def pool_inputs(shape, kind):
+  rng = np.random.default_rng(sum(shape))
+  if kind == 'random':
+    x = rng.normal(size=shape)
+  elif kind == 'integers':  # Two or more maxima in most windows.
+    x = rng.integers(-1, 2, size=shape)
+  elif kind == 'constant_windows':  # Every window holds one repeated value.
+    n, h, w, c = shape
+    x = np.repeat(np.repeat(rng.normal(size=(n, h // 2 + 1, w // 2 + 1, c)),
+                            2, axis=1), 2, axis=2)[:, :h, :w]
+  else:  # All zeros, as after a ReLU of negative inputs.
+    x = np.zeros(shape)
+  return jnp.asarray(x, jnp.float32)
+
+
+def value_and_vjp(f, *args, jit):
+  """f(*args) and its VJP at a fixed random cotangent, jitted or op by op."""
+  y = jax.eval_shape(f, *args)
+  g = normal(1, y.shape).astype(y.dtype)
+
+  def both(*args):
+    y, vjp = jax.vjp(f, *args)
+    return y, vjp(g)
+
+  return (jax.jit(both) if jit else both)(*args)
+
+
+# Op by op (each op compiled apart) on the two smallest cases only.
+@pytest.mark.parametrize('shape, kind, jit', [
+    (shape, kind, True) for shape in POOL_SHAPES
+    for kind in ('random', 'integers', 'constant_windows', 'zeros')
+] + [((1, 7, 9, 4), 'integers', False), ((1, 7, 9, 4), 'random', False)])
+def test_max_pool_value_and_gradient_equal_nn_max_pool(shape, kind, jit):
+  x = pool_inputs(shape, kind)
+  expected = value_and_vjp(reference_pool, x, jit=jit)
+  # Maxima and the routing of the gradient to one element are exact.
+  chex.assert_trees_all_equal(
+      value_and_vjp(layers.max_pool_2x2, x, jit=jit), expected)
+
+
+@pytest.mark.parametrize('pool', [reference_pool, layers.max_pool_2x2])
+def test_max_pool_gradient_goes_to_the_first_maximum_in_row_major_order(pool):
+  x = jnp.array([[1., 3.], [3., 3.]]).reshape(1, 2, 2, 1)
+  dx = jax.grad(lambda x: pool(x).sum())(x)
+  np.testing.assert_array_equal(dx.reshape(2, 2), [[0., 1.], [0., 0.]])
+
+
+def conv_pair(features, shape):
+  """nn.Conv and the same module through layers.conv_general_dilated."""
+  reference = nn.Conv(features, (3, 3), padding='SAME')
+  fast = nn.Conv(features, (3, 3), padding='SAME',
+                 conv_general_dilated=layers.conv_general_dilated)
+  x = normal(2, shape)
+  # Drawn directly: an init would compile one more convolution.
+  params = {'kernel': normal(3, (3, 3, shape[-1], features)),
+            'bias': normal(4, (features,))}
+  return reference, fast, params, x
+
+
+def assert_close(actual, expected):
+  """Float tolerance scaled by each array's magnitude."""
+  for a, e in zip(jax.tree_util.tree_leaves(actual),
+                  jax.tree_util.tree_leaves(expected)):
+    chex.assert_trees_all_close(a, e, rtol=1e-5,
+                                atol=1e-5 * float(jnp.max(jnp.abs(e))))
+
+
+@pytest.mark.parametrize('shape, jit', [(shape, True) for shape in CONV_SHAPES]
+                         + [((1, 6, 5, 2, 3), False), ((1, 6, 5, 17, 3), False)])
+def test_conv_value_and_gradients_equal_nn_conv(shape, jit):
+  *input_shape, features = shape
+  reference, fast, params, x = conv_pair(features, input_shape)
+  apply = lambda module: (lambda p, x: module.apply({'params': p}, x))
+  expected = value_and_vjp(apply(reference), params, x, jit=jit)
+  assert_close(value_and_vjp(apply(fast), params, x, jit=jit), expected)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(kernel_size=(3, 3), strides=2),
+    dict(kernel_size=(3, 3), padding='VALID'),
+    dict(kernel_size=(5, 5)),
+    dict(kernel_size=(3, 3), kernel_dilation=2),
+    dict(kernel_size=(3, 3), feature_group_count=2)])
+def test_other_convolutions_fall_back_to_lax(kwargs):
+  x = normal(5, (2, 12, 12, 4))
+  reference = nn.Conv(6, **kwargs)
+  fast = nn.Conv(6, conv_general_dilated=layers.conv_general_dilated, **kwargs)
+  params = random_params(reference, x, 6)
+  loss = lambda module: (
+      lambda p: jnp.sum(jnp.sin(module.apply({'params': p}, x))))
+  assert_close(jax.value_and_grad(loss(fast))(params),
+               jax.value_and_grad(loss(reference))(params))
+
+
+@pytest.mark.parametrize('shape, batch, integers', [
+    ((28, 28, 1), 3, False), ((32, 32, 3), 5, True)])
+def test_seed_cnn_cpu_impl_equals_xla_impl(shape, batch, integers):
+  """Same parameters, logits and gradients. With integer inputs and conv
+  kernels the convolutions are exact and about 1 in 8 of the first pooling
+  windows has a tied maximum."""
+  reference = models.SeedCNN(num_classes=10, impl='xla')
+  fast = models.SeedCNN(num_classes=10, impl='cpu')
+  x = normal(7, (batch, *shape))
+  params = random_params(reference, x, 8)
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      jax.eval_shape(fast.init, jax.random.key(0), x)['params'], params)
+  if integers:
+    x = jnp.round(2 * x)
+    params = {k: ({'kernel': jnp.round(4 * v['kernel']), 'bias': v['bias']}
+                  if k.startswith('Conv') else v) for k, v in params.items()}
+  labels = jnp.arange(batch) % 10
+
+  def loss(model):
+    def f(p):
+      logits = model.apply({'params': p}, x)
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(batch), labels])
+    return jax.jit(jax.value_and_grad(f))
+
+  assert_close(loss(fast)(params), loss(reference)(params))
+
+
+def test_resolve_impl():
+  assert layers.resolve_impl('auto') == (
+      'cpu' if jax.default_backend() == 'cpu' else 'xla')
+  assert layers.resolve_impl('xla') == 'xla'
+  with pytest.raises(ValueError, match='impl'):
+    layers.resolve_impl('gpu')
