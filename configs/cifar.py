@@ -48,5 +48,6 @@ def get_config():
   config.num_epochs = 30
   config.eval_every_epochs = 1  # Validation and test; always after the last epoch.
   config.seed = 0
+  config.checkpoint_every_steps = 200  # And at each epoch's end; 0: only there.
   config.checkpoints_to_keep = 3
   return config

@@ -1,35 +1,117 @@
-"""Orbax checkpoints of the train state, one per epoch, in workdir/checkpoints."""
+"""Orbax checkpoints of a run, under the global step, in workdir/checkpoints.
+
+Each checkpoint holds the train state ({params, opt_state, step}) and, as
+JSON, the run's config and the step metrics of the epoch in progress. The
+data order and the random keys derive from (seed, epoch, step), so that is
+all a resumed run needs to go on exactly as if it had not stopped.
+
+Orbax writes each checkpoint into a temporary folder and renames it when
+complete, so a run killed while saving leaves no partial checkpoint.
+"""
 
 import os
+from typing import Optional
 
-import orbax.checkpoint as ocp
+from absl import logging
 from flax.training import train_state
+import jax
+import orbax.checkpoint as ocp
+
+from l2jax.errors import ConfigError, L2JaxError
+
+# Config values a resumed run may change: where data and outputs live and
+# how often to evaluate or save; nothing that changes the trained weights.
+MAY_CHANGE_ON_RESUME = frozenset({
+    'data_dir', 'manual_dir', 'eval_batch_size', 'eval_every_epochs',
+    'checkpoints_to_keep', 'checkpoint_every_steps'})
 
 
 class Checkpointer:
-  """Saves {params, opt_state, step} under the epoch number; keeps the last few.
+  """Saves and restores checkpoints; keeps the last `max_to_keep`.
 
-  The data order and the random keys derive from (seed, epoch, step), so the
-  train state and the epoch are all a resumed run needs.
+  Every process of a multi-process run calls every method (orbax
+  coordinates them); process 0 writes.
   """
 
   def __init__(self, workdir: str, max_to_keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              create=True))
 
-  def save(self, epoch: int, state: train_state.TrainState) -> None:
-    self._manager.save(epoch, args=ocp.args.StandardSave(_contents(state)))
+  def save(self, step: int, state: train_state.TrainState, config,
+           epoch_metrics: dict) -> None:
+    """`epoch_metrics`: {name: [float per step of the epoch so far]}."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_contents(state)),
+        progress=ocp.args.JsonSave({'config': config.to_dict(),
+                                    'epoch_metrics': epoch_metrics})))
+
+  def check_config(self, config) -> Optional[int]:
+    """The last checkpoint's step (None if there is none); ConfigError if it
+    was made with another config, values in MAY_CHANGE_ON_RESUME aside.
+
+    Reads only the checkpoint's JSON.
+    """
+    step, restored = self._restore_latest(
+        lambda: ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    if step is None:
+      return None
+    saved, now = restored['progress']['config'], _jsonable(config.to_dict())
+    differences = [
+        f'config.{key}: {saved_value!r} then, {now_value!r} now'
+        for key, saved_value, now_value in _differences(saved, now)
+        if key.split('.')[0] not in MAY_CHANGE_ON_RESUME]
+    if differences:
+      raise ConfigError(
+          f'{self.directory} holds a run made with another config ('
+          + '; '.join(differences) + '); resume it with the same config, '
+          'or use a new --workdir')
+    return step
 
   def restore_latest(self, state: train_state.TrainState):
-    """Returns (state, epoch) from the last checkpoint, or (state, 0)."""
-    epoch = self._manager.latest_step()
-    if epoch is None:
-      return state, 0
-    restored = self._manager.restore(
-        epoch, args=ocp.args.StandardRestore(_contents(state)))
-    return state.replace(**restored), epoch
+    """(state, step, epoch_metrics) from the last readable checkpoint.
+
+    Returns (state, 0, {}) when there is none. An unreadable checkpoint is
+    renamed <step>.unreadable, with a warning, and the one before it is
+    tried; when none can be read, L2JaxError.
+    """
+    step, restored = self._restore_latest(lambda: ocp.args.Composite(
+        state=ocp.args.StandardRestore(_contents(state)),
+        progress=ocp.args.JsonRestore()))
+    if step is None:
+      return state, 0, {}
+    return (state.replace(**restored['state']), step,
+            restored['progress']['epoch_metrics'])
+
+  def _restore_latest(self, args_fn):
+    """(step, restored) for the newest checkpoint that restores, or (None,
+    None) when there are no checkpoints."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        return step, self._manager.restore(step, args=args_fn())
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax and TensorStore raise various errors for damaged files.
+        aside = os.path.join(self.directory, f'{step}.unreadable')
+        n = 1
+        while os.path.exists(aside):  # Damaged before, and saved again.
+          n += 1
+          aside = os.path.join(self.directory, f'{step}.unreadable{n}')
+        logging.warning('checkpoint %s cannot be read (%s: %s); moved it to '
+                        '%s and trying the one before',
+                        os.path.join(self.directory, str(step)),
+                        type(e).__name__, str(e).splitlines()[0][:200], aside)
+        if jax.process_index() == 0:
+          os.rename(os.path.join(self.directory, str(step)), aside)
+        self._manager.reload()
+    if steps:
+      raise L2JaxError(
+          f'no checkpoint in {self.directory} can be read (each moved to '
+          '<step>.unreadable); delete the workdir or use a new --workdir to '
+          'start over')
+    return None, None
 
   def close(self) -> None:
     self._manager.wait_until_finished()
@@ -39,3 +121,23 @@ class Checkpointer:
 def _contents(state: train_state.TrainState) -> dict:
   return {'params': state.params, 'opt_state': state.opt_state,
           'step': state.step}
+
+
+def _jsonable(tree):
+  """Tuples as lists, as they come back from JSON."""
+  if isinstance(tree, dict):
+    return {k: _jsonable(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_jsonable(v) for v in tree]
+  return tree
+
+
+def _differences(a, b, prefix: Optional[str] = None):
+  """(dotted key, a's value, b's value) where nested dicts a and b differ."""
+  for key in sorted(set(a) | set(b)):
+    name = f'{prefix}.{key}' if prefix else key
+    va, vb = a.get(key), b.get(key)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      yield from _differences(va, vb, name)
+    elif va != vb:
+      yield name, va, vb

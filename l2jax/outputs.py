@@ -26,20 +26,23 @@ class MetricsWriter:
   """Appends one JSON object per epoch to metrics.jsonl.
 
   On resume from epoch k, records after k (written after the checkpoint a
-  killed run resumes from) are dropped, so each epoch appears once.
+  killed run resumes from) are dropped, so each epoch appears once. With
+  `write=False` (processes other than 0) it only keeps the records.
   """
 
-  def __init__(self, workdir: str, resume_epoch: int):
-    self.path = os.path.join(workdir, METRICS)
+  def __init__(self, workdir: str, resume_epoch: int, write: bool = True):
+    self.path = os.path.join(workdir, METRICS) if write else None
     self.records = [r for r in read_metrics(workdir)
                     if r['epoch'] <= resume_epoch]
-    _write_atomic(self.path, ''.join(json.dumps(r) + '\n'
-                                     for r in self.records))
+    if self.path:
+      _write_atomic(self.path, ''.join(json.dumps(r) + '\n'
+                                       for r in self.records))
 
   def write(self, record: dict) -> None:
     self.records.append(record)
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    if self.path:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
 
 
 def write_summary(workdir: str, summary: dict) -> None:

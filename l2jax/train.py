@@ -1,6 +1,7 @@
 """Training and evaluation, pmap-ed over the local devices."""
 
 import functools
+import os
 import platform
 import sys
 import time
@@ -23,7 +24,7 @@ from l2jax import models
 from l2jax import optim
 from l2jax import outputs
 from l2jax import regularization
-from l2jax.errors import ConfigError, DivergenceError
+from l2jax.errors import ConfigError, DivergenceError, L2JaxError
 
 AXIS = 'batch'
 
@@ -80,9 +81,10 @@ def eval_step(params, images, labels, weights, *, apply_fn, mean, std):
   return jax.lax.psum(sums, AXIS)
 
 
-def evaluate(p_eval_step, params, split, batch_size, num_devices) -> dict:
+def evaluate(p_eval_step, params, split, batch_size, num_devices,
+             process=(0, 1)) -> dict:
   sums = [p_eval_step(params, *batch) for batch in
-          data_lib.eval_batches(split, batch_size, num_devices)]
+          data_lib.eval_batches(split, batch_size, num_devices, process)]
   sums = jax.tree_util.tree_map(lambda *x: np.sum(x), *jax.device_get(
       [jax_utils.unreplicate(s) for s in sums]))
   return {'loss': float(sums['loss'] / sums['count']),
@@ -103,22 +105,44 @@ def replicate(tree):
   return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
 
 
-def train_epoch(p_train_step, state, rng, batches, steps: int, desc: str):
-  """Runs the steps of one epoch; returns (state, mean of the step metrics)."""
-  step_metrics = []
+def train_epoch(p_train_step, state, rng, batches, step: int, end: int,
+                epoch_metrics: dict, checkpoint_every: int, save, desc: str):
+  """Runs `batches`, global steps `step`+1 to `end`; returns (state, metrics).
+
+  `epoch_metrics` holds the epoch's step metrics so far ({name: [float]}: a
+  resumed epoch's come from its checkpoint); the result adds the new steps'.
+  Every `checkpoint_every` steps (0: never), save(state, step, metrics) but
+  for the epoch's last step, which the caller saves.
+  """
+  epoch_metrics = {k: list(v) for k, v in epoch_metrics.items()}
+  pending = []  # Device arrays, fetched only when a checkpoint needs them.
+
+  def fetch():
+    for metrics in jax.device_get(pending):
+      for k, v in metrics.items():
+        epoch_metrics.setdefault(k, []).append(float(v[0]))
+    pending.clear()
+
   for images, labels in tqdm(jax_utils.prefetch_to_device(batches, 2),
-                             total=steps, desc=desc, leave=False,
+                             total=end - step, desc=desc, leave=False,
                              disable=not sys.stderr.isatty()):
     state, metrics = p_train_step(state, images, labels, rng)
-    step_metrics.append(metrics)
-  step_metrics = jax.device_get(step_metrics)  # One transfer, at epoch end.
-  return state, {k: np.array([m[k][0] for m in step_metrics])
-                 for k in step_metrics[0]}
+    pending.append(metrics)
+    step += 1
+    if checkpoint_every and step % checkpoint_every == 0 and step != end:
+      fetch()
+      save(state, step, epoch_metrics)
+  fetch()
+  return state, epoch_metrics
 
 
 def check_finite(step_losses, first_step: int, weight_norm: float,
-                 learning_rate, last_epoch: int) -> None:
-  """Raises DivergenceError naming the first step whose loss is not finite."""
+                 learning_rate, last_checkpoint: int) -> None:
+  """Raises DivergenceError naming the first step whose loss is not finite.
+
+  `step_losses[i]` is the loss of global step `first_step + i + 1`.
+  """
+  step_losses = np.asarray(step_losses)
   bad = np.flatnonzero(~np.isfinite(step_losses))
   if not bad.size and np.isfinite(weight_norm):
     return
@@ -127,8 +151,9 @@ def check_finite(step_losses, first_step: int, weight_norm: float,
       f'training diverged at step {step + 1} (learning rate '
       f'{float(learning_rate(step)):.4g}): '
       + (f'loss {step_losses[bad[0]]}' if bad.size else 'a parameter is not finite')
-      + f'; the last finite checkpoint is epoch {last_epoch}; '
-      'lower config.learning_rate or config.l2.weight')
+      + (f'; the last checkpoint, step {last_checkpoint}, is finite'
+         if last_checkpoint else '; no checkpoint was written')
+      + '; lower config.learning_rate or config.l2.weight')
 
 
 def summarize(config, records: list, num_devices: int) -> dict:
@@ -143,15 +168,45 @@ def summarize(config, records: list, num_devices: int) -> dict:
   }
 
 
+def epoch_record(epoch: int, step: int, epoch_metrics: dict, measures: dict,
+                 evaluations: dict, learning_rate: float,
+                 epoch_seconds: float, num_images: int) -> dict:
+  """One line of metrics.jsonl: the means of the epoch's step metrics, the
+  weight measures, the evaluations and the timing."""
+  return {'epoch': epoch, 'step': step,
+          **{k: float(np.mean(v)) for k, v in epoch_metrics.items()},
+          **{k: float(v) for k, v in measures.items()},
+          **evaluations, 'learning_rate': learning_rate,
+          'epoch_seconds': epoch_seconds,
+          'images_per_second': num_images / epoch_seconds}
+
+
 def train_and_evaluate(config, workdir: str,
                        dataset: Optional[data_lib.Dataset] = None) -> dict:
   """Trains `config`, writing metrics, curves and checkpoints to `workdir`.
 
-  Resumes from the last checkpoint in `workdir` if there is one. `dataset`
-  (default: `data.load(config)`) lets a sweep read its data once. Returns
-  the summary written to summary.json.
+  Resumes from the last checkpoint in `workdir` if there is one, which must
+  have been made with the same config. `dataset` (default:
+  `data.load(config)`) lets a sweep read its data once. In a multi-process
+  run every process calls this, and process 0 writes. Returns the summary
+  written to summary.json.
   """
+  checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
+  try:
+    if (checkpointer.check_config(config) is None
+        and outputs.read_metrics(workdir)):
+      raise L2JaxError(
+          f'{os.path.join(workdir, outputs.METRICS)} holds results but there '
+          'is no checkpoint to resume them from; use a new --workdir (or '
+          'delete this one to start over)')
+    return _train(config, workdir, dataset, checkpointer)
+  finally:
+    checkpointer.close()  # Waits for the last save, also on errors.
+
+
+def _train(config, workdir, dataset, checkpointer) -> dict:
   num_devices = jax.local_device_count()
+  process = (jax.process_index(), jax.process_count())
   dataset = dataset or data_lib.load(config)
   steps_per_epoch = len(dataset.train) // config.batch_size
   if not steps_per_epoch:
@@ -170,11 +225,13 @@ def train_and_evaluate(config, workdir: str,
   regularization.check_mask_selects_something(mask_fn, state.params,
                                                config.l2.mask)
 
-  checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
-  state, start_epoch = checkpointer.restore_latest(state)
-  if start_epoch:
-    logging.info('resuming from the checkpoint of epoch %d', start_epoch)
-  writer = outputs.MetricsWriter(workdir, start_epoch)
+  state, step, epoch_metrics = checkpointer.restore_latest(state)
+  if step:
+    logging.info('resuming from the checkpoint of step %d (epoch %d)', step,
+                 step // steps_per_epoch + 1)
+  last_checkpoint = step
+  writer = outputs.MetricsWriter(workdir, step // steps_per_epoch,
+                                 write=process[0] == 0)
 
   mean, std = dataset.channel_stats()
   p_train_step = jax.pmap(
@@ -188,54 +245,62 @@ def train_and_evaluate(config, workdir: str,
       axis_name=AXIS)
   eval_splits = {'val': dataset.validation, 'test': dataset.test}
 
+  def checked_save(state, step: int, epoch_metrics: dict) -> dict:
+    """Saves a checkpoint if the epoch's losses and the weights are finite;
+    returns the weight measures."""
+    nonlocal last_checkpoint
+    host_state = jax_utils.unreplicate(state)
+    measures = weight_measures(host_state.params, mask_fn, config.l2.weight)
+    check_finite(epoch_metrics['train_loss'],
+                 (step - 1) // steps_per_epoch * steps_per_epoch,
+                 measures['weight_norm'], learning_rate, last_checkpoint)
+    at_epoch_end = step % steps_per_epoch == 0
+    checkpointer.save(step, host_state, config,
+                      {} if at_epoch_end else epoch_metrics)
+    last_checkpoint = step
+    return measures
+
   state = replicate(state)
   train_rng = jax_utils.replicate(train_rng)
-  try:
-    for epoch in range(start_epoch + 1, config.num_epochs + 1):
-      start = time.perf_counter()
-      state, train_metrics = train_epoch(
-          p_train_step, state, train_rng,
-          data_lib.train_batches(dataset.train, config.batch_size, num_devices,
-                                 config.seed, epoch),
-          steps_per_epoch, f'epoch {epoch}/{config.num_epochs}')
-      epoch_seconds = time.perf_counter() - start
-
-      step = int(jax_utils.unreplicate(state.step))
-      record = {'epoch': epoch, 'step': step}
-      record.update({k: float(np.mean(v)) for k, v in train_metrics.items()})
-      record.update({k: float(v) for k, v in weight_measures(
-          jax_utils.unreplicate(state.params), mask_fn,
-          config.l2.weight).items()})
-      check_finite(train_metrics['train_loss'], step - steps_per_epoch,
-                   record['weight_norm'], learning_rate, epoch - 1)
-      evaluate_now = (epoch % config.eval_every_epochs == 0
-                      or epoch == config.num_epochs)
+  for epoch in range(step // steps_per_epoch + 1, config.num_epochs + 1):
+    start = time.perf_counter()
+    end = epoch * steps_per_epoch
+    batches = data_lib.train_batches(
+        dataset.train, config.batch_size, num_devices, config.seed, epoch,
+        start=step - (end - steps_per_epoch), process=process)
+    state, epoch_metrics = train_epoch(
+        p_train_step, state, train_rng, batches, step, end, epoch_metrics,
+        config.checkpoint_every_steps, checked_save,
+        f'epoch {epoch}/{config.num_epochs}')
+    epoch_seconds = time.perf_counter() - start
+    num_images = (end - step) * config.batch_size
+    step = end
+    measures = checked_save(state, step, epoch_metrics)
+    evaluations = {}
+    if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
       for name, split in eval_splits.items():
-        if split is not None and evaluate_now:
+        if split is not None:
           result = evaluate(p_eval_step, state.params, split,
-                            config.eval_batch_size, num_devices)
-          record[f'{name}_loss'] = result['loss']
-          record[f'{name}_accuracy'] = result['accuracy']
-      record.update(
-          learning_rate=float(learning_rate(step - 1)),
-          epoch_seconds=epoch_seconds,
-          images_per_second=steps_per_epoch * config.batch_size / epoch_seconds)
-      writer.write(record)
-      logging.info(
-          'epoch %d/%d: loss %.4f, train %.4f, val %s, test %s, ‖w‖ %.3f, '
-          'lr %.4g, %.1f s, %.0f images/s', epoch, config.num_epochs,
-          record['train_loss'], record['train_accuracy'],
-          *('%.4f' % record[k] if k in record else '-'
-            for k in ('val_accuracy', 'test_accuracy')),
-          record['weight_norm'], record['learning_rate'], epoch_seconds,
-          record['images_per_second'])
-      checkpointer.save(epoch, jax_utils.unreplicate(state))
-  finally:
-    checkpointer.close()  # Waits for the last save, also on errors.
-  summary = summarize(config, writer.records, num_devices)
-  outputs.write_summary(workdir, summary)
-  outputs.plot_curves(
-      workdir, writer.records,
-      f'{config.model} on {config.dataset}: L2 {config.l2.mode}, '
-      f'λ={config.l2.weight}, {config.optimizer}')
+                            config.eval_batch_size, num_devices, process)
+          evaluations.update({f'{name}_{k}': v for k, v in result.items()})
+    record = epoch_record(epoch, step, epoch_metrics, measures, evaluations,
+                          float(learning_rate(step - 1)), epoch_seconds,
+                          num_images)
+    epoch_metrics = {}
+    writer.write(record)
+    logging.info(
+        'epoch %d/%d: loss %.4f, train %.4f, val %s, test %s, ‖w‖ %.3f, '
+        'lr %.4g, %.1f s, %.0f images/s', epoch, config.num_epochs,
+        record['train_loss'], record['train_accuracy'],
+        *('%.4f' % record[k] if k in record else '-'
+          for k in ('val_accuracy', 'test_accuracy')),
+        record['weight_norm'], record['learning_rate'], epoch_seconds,
+        record['images_per_second'])
+  summary = summarize(config, writer.records, jax.device_count())
+  if process[0] == 0:
+    outputs.write_summary(workdir, summary)
+    outputs.plot_curves(
+        workdir, writer.records,
+        f'{config.model} on {config.dataset}: L2 {config.l2.mode}, '
+        f'λ={config.l2.weight}, {config.optimizer}')
   return summary

@@ -3,39 +3,23 @@
 import json
 import os
 import pathlib
+import re
 
+import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from conftest import assert_clean_error
+from conftest import final_params
+from conftest import read_jsonl
 from conftest import run_cli
+from conftest import TIMING_KEYS
 
 FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 PER_EPOCH_KEYS = {
     'epoch', 'train_loss', 'data_loss', 'l2_penalty', 'train_accuracy',
     'val_accuracy', 'test_accuracy', 'weight_norm', 'learning_rate',
     'epoch_seconds', 'images_per_second'}
-TIMING_KEYS = {'epoch_seconds', 'images_per_second'}
-
-
-def read_jsonl(path):
-  return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def final_params(workdir):
-  checkpoints = workdir / 'checkpoints'
-  last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-  restored = ocp.StandardCheckpointer().restore(checkpoints / str(last) / 'default')
-  return restored['params']
-
-
-def assert_clean_error(result, *fragments):
-  """Non-zero exit; the last line says what was wrong; no traceback."""
-  assert result.returncode != 0, result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-  last = result.stderr.strip().splitlines()[-1]
-  for fragment in fragments:
-    assert fragment in last, last
 
 
 def test_real_cifar_slice_learns_writes_every_output_and_resumes(
@@ -63,15 +47,20 @@ def test_real_cifar_slice_learns_writes_every_output_and_resumes(
   assert summary['config']['l2'] == {'mode': 'coupled', 'weight': 5e-4,
                                      'mask': 'kernels'}
   assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  assert (tmp_path / 'checkpoints' / '3').is_dir()
+  assert (tmp_path / 'checkpoints' / '252').is_dir()
 
-  # The same command with one more epoch resumes after epoch 3.
-  resumed = run_cli(tmp_path, *common, '--config.num_epochs=4')
+  # The same command again resumes after the last step: nothing to train,
+  # the same results.
+  resumed = run_cli(tmp_path, *common, '--config.num_epochs=3')
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'resuming from the checkpoint of epoch 3' in resumed.stderr
-  after = read_jsonl(tmp_path / 'metrics.jsonl')
-  assert after[:3] == records and after[3]['epoch'] == 4
-  assert after[3]['step'] == 4 * 84
+  assert 'resuming from the checkpoint of step 252' in resumed.stderr
+  assert read_jsonl(tmp_path / 'metrics.jsonl') == records
+  assert json.loads((tmp_path / 'summary.json').read_text()) == summary
+  # Another config would not give the run it claims to be: refused.
+  changed = run_cli(tmp_path, *common, '--config.num_epochs=4')
+  assert_clean_error(changed, 'another config', 'config.num_epochs: 3 then, 4 now',
+                     'new --workdir')
+  assert read_jsonl(tmp_path / 'metrics.jsonl') == records
 
 
 def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path):
@@ -120,18 +109,27 @@ def test_bad_values_stop_with_one_line(cifar_small, tmp_path, override, devices,
 
 def test_divergence_stops_naming_the_step_and_keeps_finite_results(
     cifar_small, tmp_path):
-  common = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
-            '--config.max_train_examples=256', '--config.schedule=constant']
-  assert run_cli(tmp_path, *common, '--config.num_epochs=1').returncode == 0
-  result = run_cli(tmp_path, *common, '--config.num_epochs=2',
-                   '--config.learning_rate=1e4')
-  assert_clean_error(result, 'diverged at step', 'learning rate 1e+04',
-                     'last finite checkpoint is epoch 1')
+  # 8 steps an epoch; the learning rate jumps from 0.05 to 5000 at step 9.
+  result = run_cli(
+      tmp_path, f'--config.dataset=folder:{cifar_small}',
+      '--config.batch_size=32', '--config.max_train_examples=256',
+      '--config.num_epochs=2', '--config.schedule=step',
+      '--config.step_boundaries=(0.5,)', '--config.step_decay=1e5',
+      '--config.checkpoint_every_steps=3')
+  assert_clean_error(result, 'diverged at step', 'learning rate 5000',
+                     'is finite')
+  message = result.stderr.strip().splitlines()[-1]
+  diverged = int(re.search(r'diverged at step (\d+)', message)[1])
+  last = int(re.search(r'the last checkpoint, step (\d+)', message)[1])
+  assert 8 <= last < diverged
   records = read_jsonl(tmp_path / 'metrics.jsonl')
   assert [r['epoch'] for r in records] == [1]
   assert all(np.isfinite(v) for v in records[0].values())
-  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()
-                if p.name.isdigit()) == ['1']
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert saved[-1] == last and 8 in saved
+  assert all(np.isfinite(leaf).all()
+             for leaf in jax.tree.leaves(final_params(tmp_path)))
 
 
 def test_fashion_mnist_from_debian_files_through_tfds(tmp_path):

@@ -1,17 +1,21 @@
 """Shared fixtures: the real CIFAR-10 copy from ../shared/data, and the CLI."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
 import tarfile
 
+import orbax.checkpoint as ocp
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = pathlib.Path(os.environ.get(
     'L2JAX_SHARED_DATA', REPO.parent / 'shared' / 'data'))
 CIFAR_TARBALL = SHARED_DATA / 'cifar10-jpeg.tar.gz'
+# metrics.jsonl fields that measure time, so differ between equal runs.
+TIMING_KEYS = {'epoch_seconds', 'images_per_second'}
 
 
 def _require(path: pathlib.Path, what: str):
@@ -39,13 +43,40 @@ def cifar_small(tmp_path_factory) -> pathlib.Path:
   return small
 
 
-def run_cli(workdir, *overrides, devices: int = 1, config='configs/cifar.py',
-            timeout: int = 600) -> subprocess.CompletedProcess:
-  """`python -m l2jax.main` in a fresh process with `devices` CPU devices."""
+def cli(workdir, *overrides, devices: int = 1,
+        config='configs/cifar.py') -> dict:
+  """subprocess arguments for `python -m l2jax.main` with `devices` CPU devices."""
   env = dict(os.environ,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run(
-      [sys.executable, '-m', 'l2jax.main', f'--config={config}',
-       f'--workdir={workdir}', *overrides],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  return dict(args=[sys.executable, '-m', 'l2jax.main', f'--config={config}',
+                    f'--workdir={workdir}', *overrides],
+              cwd=REPO, env=env, text=True)
+
+
+def run_cli(workdir, *overrides, devices: int = 1, config='configs/cifar.py',
+            timeout: int = 600) -> subprocess.CompletedProcess:
+  """Runs `python -m l2jax.main` in a fresh process; see `cli`."""
+  return subprocess.run(**cli(workdir, *overrides, devices=devices,
+                              config=config),
+                        capture_output=True, timeout=timeout)
+
+
+def read_jsonl(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def final_params(workdir):
+  checkpoints = workdir / 'checkpoints'
+  last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  restored = ocp.StandardCheckpointer().restore(checkpoints / str(last) / 'state')
+  return restored['params']
+
+
+def assert_clean_error(result, *fragments):
+  """Non-zero exit; the last line says what was wrong; no traceback."""
+  assert result.returncode != 0, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  for fragment in fragments:
+    assert fragment in last, last
