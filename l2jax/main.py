@@ -2,6 +2,12 @@
 
     python -m l2jax.main --config=configs/cifar.py --workdir=runs/cifar \
         [--config.l2.mode=decoupled --config.l2.weight=5e-4 ...]
+
+Several processes (one per host, or several on one host) train one model
+on JAX's distributed runtime when each is started with
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or
+JAX_COORDINATOR_ADDRESS in the environment), or with `--distributed` where
+JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU).
 """
 
 import logging as std_logging
@@ -24,6 +30,33 @@ flags.DEFINE_string('workdir', None, 'Where metrics, curves and checkpoints go.'
 config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_string('coordinator_address', None,
+                    'HOST:PORT of process 0, for a multi-process run.')
+flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+flags.DEFINE_integer('process_id', None, "This process's index, 0 to N-1.")
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() even without the '
+                  'flags above, letting JAX detect the cluster.')
+
+
+def initialize_distributed() -> None:
+  """Joins the other processes, if this run has several."""
+  if not (FLAGS.distributed or FLAGS.coordinator_address
+          or os.environ.get('JAX_COORDINATOR_ADDRESS')):
+    return
+  # Cross-process collectives on CPU devices (GPUs and TPUs have their own).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
+  except (ValueError, TypeError, RuntimeError) as e:
+    raise L2JaxError(
+        f'cannot join the multi-process run ({str(e).splitlines()[0]}); give '
+        'every process --coordinator_address=HOST:PORT, --num_processes and '
+        '--process_id, or run a single process without them') from e
+  logging.info('process %d of %d; %d of %d devices here',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
 
 
 def _only_l2jax_info(record) -> bool:
@@ -40,7 +73,8 @@ def main(argv):
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   try:
-    configuration.validate(FLAGS.config, jax.local_device_count())
+    initialize_distributed()
+    configuration.validate(FLAGS.config, jax.device_count())
     os.makedirs(FLAGS.workdir, exist_ok=True)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except L2JaxError as e:

@@ -1,6 +1,7 @@
 """Training and evaluation, pmap-ed over the local devices."""
 
 import functools
+import hashlib
 import os
 import platform
 import sys
@@ -156,6 +157,15 @@ def check_finite(step_losses, first_step: int, weight_norm: float,
       + '; lower config.learning_rate or config.l2.weight')
 
 
+def fingerprint(params) -> str:
+  """sha256 of the parameters' bytes, leaves in tree order: equal runs (and
+  the processes of one run) give equal fingerprints."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
 def summarize(config, records: list, num_devices: int) -> dict:
   return {
       'final': records[-1] if records else {},
@@ -249,7 +259,8 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
     """Saves a checkpoint if the epoch's losses and the weights are finite;
     returns the weight measures."""
     nonlocal last_checkpoint
-    host_state = jax_utils.unreplicate(state)
+    # On the host: orbax saves NumPy arrays from process 0 alone.
+    host_state = jax.device_get(jax_utils.unreplicate(state))
     measures = weight_measures(host_state.params, mask_fn, config.l2.weight)
     check_finite(epoch_metrics['train_loss'],
                  (step - 1) // steps_per_epoch * steps_per_epoch,
@@ -296,6 +307,8 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
           for k in ('val_accuracy', 'test_accuracy')),
         record['weight_norm'], record['learning_rate'], epoch_seconds,
         record['images_per_second'])
+  logging.info('final parameters: sha256 %s',
+               fingerprint(jax_utils.unreplicate(state.params)))
   summary = summarize(config, writer.records, jax.device_count())
   if process[0] == 0:
     outputs.write_summary(workdir, summary)
