@@ -52,7 +52,7 @@ flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 flags.DEFINE_integer('steps', 20, 'Timed steps after the first (median).')
 flags.DEFINE_bool('augment', False, 'Crop and flip inside the step.')
 flags.DEFINE_bool('torch', None,
-                  'Also time PyTorch; default: when installed (seed_cnn only).')
+                  'Also time PyTorch; default: when installed.')
 flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
 flags.DEFINE_enum('impl', 'auto', ['auto', 'cpu', 'xla'],
                   "The model's conv/pool implementation (SeedCNN.impl).")
@@ -124,7 +124,7 @@ def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
           l2_loss_weight=optim.loss_l2_weight(config.l2.mode, config.l2.weight),
           mask_fn=regularization.decay_mask(config.l2.mask)),
       axis_name=train.AXIS, donate_argnums=(0,))
-  state = jax_utils.replicate(state)
+  state = train.replicate(state)
   train_rng = jax_utils.replicate(train_rng)
   images, labels = next(jax_utils.prefetch_to_device(data_lib.train_batches(
       dataset.train, config.batch_size, num_devices, config.seed, 1), 1))
@@ -144,7 +144,7 @@ def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
 
 
 def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
-  """The seed CNN under PyTorch's SGD with coupled weight decay, timed alike.
+  """The same SeedCNN variant in PyTorch, SGD with coupled decay, timed alike.
 
   PyTorch's weight_decay also reaches the biases (l2jax's mask: kernels only)
   and its learning rate stays constant; neither costs a measurable FLOP.
@@ -154,11 +154,16 @@ def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
 
   torch.manual_seed(config.seed)
   torch.set_num_threads(os.cpu_count())
+  # The SeedCNN variant's widths: conv-relu-pool per width, then two Dense.
+  twin = models.create_model(config.model, NUM_CLASSES)
+  layers, channels, side = [], IMAGE_SHAPE[-1], IMAGE_SHAPE[0]
+  for features in twin.conv_features:
+    layers += [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(),
+               nn.MaxPool2d(2)]
+    channels, side = features, side // 2
   model = nn.Sequential(
-      nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-      nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-      nn.Flatten(), nn.Linear(128 * 8 * 8, 1024), nn.ReLU(),
-      nn.Linear(1024, NUM_CLASSES))
+      *layers, nn.Flatten(), nn.Linear(channels * side * side, twin.hidden),
+      nn.ReLU(), nn.Linear(twin.hidden, NUM_CLASSES))
   optimizer = torch.optim.SGD(
       model.parameters(), lr=config.learning_rate, momentum=config.momentum,
       weight_decay=config.l2.weight)
@@ -248,7 +253,7 @@ def main(argv):
   has_torch = importlib.util.find_spec('torch') is not None
   run_torch = FLAGS.torch
   if run_torch is None:  # Neither --torch nor --notorch.
-    run_torch = has_torch and config.model == 'seed_cnn'
+    run_torch = has_torch
   try:
     configuration.validate(config, jax.local_device_count())
     if FLAGS.steps < 1:
@@ -256,9 +261,6 @@ def main(argv):
     if run_torch and not has_torch:
       raise L2JaxError('--torch needs PyTorch, which is not installed; '
                        'install it or pass --notorch')
-    if run_torch and config.model != 'seed_cnn':
-      raise L2JaxError('the PyTorch twin exists for seed_cnn only, not '
-                       f'--model={config.model}; pass --notorch')
   except L2JaxError as e:
     sys.exit(f'throughput: error: {e}')
 
