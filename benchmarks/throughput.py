@@ -112,7 +112,7 @@ def synthetic_data(batch_size: int) -> data_lib.Dataset:
 def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
   """Builds state and pmapped step as `train.train_and_evaluate` does."""
   num_devices = jax.local_device_count()
-  model = models.create_model(config.model, NUM_CLASSES, FLAGS.impl)
+  model = models.create_model(config.model, NUM_CLASSES, impl=FLAGS.impl)
   # The schedule's length changes no cost; one epoch of `steps + 1` will do.
   tx, _ = optim.make_optimizer(config, steps + 1)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))

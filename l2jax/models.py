@@ -1,7 +1,7 @@
 """Image classifiers as flax linen modules, chosen by `config.model`."""
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -30,11 +30,7 @@ class SeedCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train  # No dropout or batch norm in this network.
-    if layers.resolve_impl(self.impl) == 'cpu':
-      conv_fn, pool = layers.conv_general_dilated, layers.max_pool_2x2
-    else:
-      conv_fn = None  # nn.Conv's default, lax.conv_general_dilated.
-      pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    conv_fn, pool = _conv_and_pool(self.impl)
     for features in self.conv_features:
       x = nn.Conv(features, (3, 3), padding='SAME',
                   conv_general_dilated=conv_fn)(x)
@@ -47,8 +43,118 @@ class SeedCNN(nn.Module):
 # A quarter of the seed's widths (1/16 of its FLOPs): for CPU-sized sweeps.
 SeedCNNNarrow = functools.partial(SeedCNN, conv_features=(16, 32), hidden=256)
 
-MODELS = {'seed_cnn': SeedCNN, 'seed_cnn_narrow': SeedCNNNarrow}
+# Simonyan & Zisserman's configurations A (11 layers) and D (16 layers):
+# conv widths, 'M' a 2x2 max pool.
+VGG_LAYERS = {
+    11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
+    16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
+         512, 512, 512, 'M'),
+}
 
 
-def create_model(name: str, num_classes: int, impl: str = 'auto') -> nn.Module:
-  return MODELS[name](num_classes=num_classes, impl=impl)
+class VGG(nn.Module):
+  """VGG for small images (32x32: five pools leave 1x1x512).
+
+  Conv(3x3) [- BatchNorm] - ReLU per width, MaxPool 2 at each 'M'; then
+  [Dropout(dropout) -] Dense(num_classes), as in CIFAR VGGs. The convolution
+  part has the ImageNet VGG's convolution parameters exactly (VGG16: 14.7M).
+  Batch statistics are averaged over the pmap axis `axis_name`.
+  """
+  num_classes: int
+  depth: int = 16
+  batch_norm: bool = False
+  dropout: float = 0.0
+  axis_name: Optional[str] = 'batch'
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv_fn, pool = _conv_and_pool(self.impl)
+    for width in VGG_LAYERS[self.depth]:
+      if width == 'M':
+        x = pool(x)
+        continue
+      x = nn.Conv(width, (3, 3), padding='SAME', use_bias=not self.batch_norm,
+                  conv_general_dilated=conv_fn)(x)
+      if self.batch_norm:
+        x = _batch_norm(train, self.axis_name)(x)
+      x = nn.relu(x)
+    x = x.reshape((x.shape[0], -1))
+    self.sow('intermediates', 'features', x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+class ResidualBlock(nn.Module):
+  """He et al.'s basic block, with the parameter-free shortcut (option A):
+  stride-2 subsampling and zero channels where the width doubles."""
+  features: int
+  strides: int
+  axis_name: Optional[str]
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = nn.Conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
+                use_bias=False)(x)
+    y = nn.relu(_batch_norm(train, self.axis_name)(y))
+    y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False)(y)
+    y = _batch_norm(train, self.axis_name)(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = x[:, ::self.strides, ::self.strides]
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0),
+                      (0, self.features - x.shape[-1])))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """He et al.'s CIFAR ResNet (CVPR 2016, section 4.2): 6n+2 layers.
+
+  Conv(16) - BN - ReLU, then three stages of n basic blocks with 16, 32, 64
+  features (the last two start with stride 2), global average pooling,
+  [Dropout -] Dense(num_classes). n = 3 is ResNet-20 (0.27M parameters).
+  """
+  num_classes: int
+  blocks_per_stage: int = 3
+  dropout: float = 0.0
+  axis_name: Optional[str] = 'batch'
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.Conv(16, (3, 3), padding='SAME', use_bias=False)(x)
+    x = nn.relu(_batch_norm(train, self.axis_name)(x))
+    for stage, features in enumerate((16, 32, 64)):
+      for block in range(self.blocks_per_stage):
+        strides = 2 if stage and not block else 1
+        x = ResidualBlock(features, strides, self.axis_name)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    self.sow('intermediates', 'features', x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+def _batch_norm(train: bool, axis_name: Optional[str]) -> nn.BatchNorm:
+  # Under pmap the statistics are means over every device's examples.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      axis_name=axis_name if train else None)
+
+
+def _conv_and_pool(impl: str):
+  if layers.resolve_impl(impl) == 'cpu':
+    return layers.conv_general_dilated, layers.max_pool_2x2
+  # nn.Conv's default, lax.conv_general_dilated; flax's max pool.
+  return None, functools.partial(nn.max_pool, window_shape=(2, 2),
+                                 strides=(2, 2))
+
+
+MODELS = {
+    'seed_cnn': SeedCNN,
+    'seed_cnn_narrow': SeedCNNNarrow,
+    'vgg11': functools.partial(VGG, depth=11),
+    'vgg16': functools.partial(VGG, depth=16),
+    'resnet20': functools.partial(ResNet, blocks_per_stage=3),
+}
+
+
+def create_model(name: str, num_classes: int, **options) -> nn.Module:
+  """`options`: the model's fields (impl, batch_norm, dropout, ...)."""
+  return MODELS[name](num_classes=num_classes, **options)

@@ -43,3 +43,59 @@ def test_cifar_seed_cnn_has_8_475_530_parameters():
   model = models.create_model('seed_cnn', 10)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
   assert count(params) == 8_475_530
+
+
+def init(name, **options):
+  model = models.create_model(name, 10, **options)
+  return model, jax.jit(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))()
+
+
+def conv_count(params) -> int:
+  return sum(count(v) for k, v in params.items() if k.startswith('Conv'))
+
+
+@pytest.mark.parametrize('name, conv_params', [
+    # Keras' VGG16(include_top=False) and VGG11's (configuration A)
+    # published convolution parameter counts.
+    ('vgg16', 14_714_688), ('vgg11', 9_220_480)])
+def test_vgg_has_the_published_convolution_parameters(name, conv_params):
+  _, variables = init(name)
+  params = variables['params']
+  assert conv_count(params) == conv_params
+  assert count(params) == conv_params + 512 * 10 + 10
+  assert 'batch_stats' not in variables
+
+
+def test_vgg_with_batch_norm_drops_conv_biases_for_norm_scales_and_shifts():
+  _, variables = init('vgg16', batch_norm=True)
+  widths = [w for w in models.VGG_LAYERS[16] if w != 'M']
+  biases = sum(widths)
+  # Each BatchNorm: scale and bias (params), mean and var (batch_stats).
+  assert count(variables['params']) == 14_714_688 - biases + 2 * biases + 5130
+  assert count(variables['batch_stats']) == 2 * biases
+
+
+def test_resnet20_has_0_27_million_parameters():
+  # He et al. (2016), Table 6: ResNet-20, 0.27M; 269,722 with the
+  # parameter-free shortcut, as the reference reimplementations count.
+  _, variables = init('resnet20')
+  assert count(variables['params']) == 269_722
+  convs = 16 * 3 * 9 + sum(9 * c_in * c_out for c_in, c_out in (
+      [(16, 16)] * 6 + [(16, 32)] + [(32, 32)] * 5 + [(32, 64)]
+      + [(64, 64)] * 5))
+  norms = 2 * (16 + 16 * 6 + 32 * 6 + 64 * 6)
+  assert count(variables['params']) == convs + norms + 64 * 10 + 10
+
+
+@pytest.mark.parametrize('name', ['vgg11', 'resnet20'])
+def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
+  # Outside pmap: batch statistics over this batch alone.
+  model, variables = init(name, dropout=0.5, axis_name=None)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  evaluated = model.apply(variables, x, train=False)
+  chex.assert_shape(evaluated, (4, 10))
+  trained = [model.apply(variables, x, train=True, mutable=['batch_stats'],
+                         rngs={'dropout': jax.random.key(k)})[0]
+             for k in (2, 3)]
+  assert not jnp.allclose(trained[0], trained[1])
