@@ -41,8 +41,6 @@ from l2jax import configuration
 from l2jax import data as data_lib
 from l2jax import layers
 from l2jax import models
-from l2jax import optim
-from l2jax import regularization
 from l2jax import train
 from l2jax.errors import L2JaxError
 
@@ -114,15 +112,14 @@ def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
   num_devices = jax.local_device_count()
   model = models.create_model(config.model, NUM_CLASSES, impl=FLAGS.impl)
   # The schedule's length changes no cost; one epoch of `steps + 1` will do.
-  tx, _ = optim.make_optimizer(config, steps + 1)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = train.create_train_state(init_rng, model, dataset.image_shape, tx)
+  state, _, penalties = train.initialize(config, model, dataset.image_shape,
+                                         steps + 1, init_rng)
   mean, std = dataset.channel_stats()
   p_train_step = jax.pmap(
       functools.partial(
           train.train_step, mean=mean, std=std, augment_images=config.augment,
-          l2_loss_weight=optim.loss_l2_weight(config.l2.mode, config.l2.weight),
-          mask_fn=regularization.decay_mask(config.l2.mask)),
+          penalties=penalties),
       axis_name=train.AXIS, donate_argnums=(0,))
   state = train.replicate(state)
   train_rng = jax_utils.replicate(train_rng)

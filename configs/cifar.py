@@ -42,11 +42,23 @@ def get_config():
   config.l2.mode = 'coupled'  # none | loss | coupled | decoupled | decoupled_lr
   config.l2.weight = 5e-4  # λ
   config.l2.mask = 'kernels'  # kernels | all | a regex over parameter paths
+  config.l2.normalized = False  # λ = weight · √(b / (B T)) (L&H appendix B.1).
+  config.l2.schedule = 'lr'  # lr (decay follows η_t) | constant (decoupled modes)
+
+  # Beside L2 (each in the README with its formula); masks as config.l2.mask.
+  config.l1 = ml_collections.ConfigDict(dict(weight=0.0, mask='kernels'))
+  # L2-SP toward the weights of init_from (a workdir or checkpoint of l2jax),
+  # which is also where training starts (the head is new if classes differ).
+  config.l2sp = ml_collections.ConfigDict(
+      dict(weight=0.0, mode='loss', mask='kernels', init_from=''))
+  config.activity_l2 = ml_collections.ConfigDict(dict(weight=0.0))
 
   config.batch_size = 128  # Global; must divide by the device count.
   config.eval_batch_size = 1000
   config.num_epochs = 30
   config.eval_every_epochs = 1  # Validation and test; always after the last epoch.
+  # Test accuracy under additive Gaussian noise, σ a fraction of 0..255.
+  config.noise_sigmas = (0.02, 0.05, 0.1)
   config.seed = 0
   config.checkpoint_every_steps = 200  # And at each epoch's end; 0: only there.
   config.checkpoints_to_keep = 3

@@ -19,6 +19,9 @@ import orbax.checkpoint as ocp
 
 from l2jax.errors import ConfigError, L2JaxError
 
+# The folder of a checkpoint holding {params, opt_state, step}: `save`'s
+# `state` item.
+STATE = 'state'
 # Config values a resumed run may change: where data and outputs live and
 # how often to evaluate or save; nothing that changes the trained weights.
 MAY_CHANGE_ON_RESUME = frozenset({
@@ -82,7 +85,7 @@ class Checkpointer:
         progress=ocp.args.JsonRestore()))
     if step is None:
       return state, 0, {}
-    return (state.replace(**restored['state']), step,
+    return (state.replace(**restored[STATE]), step,
             restored['progress']['epoch_metrics'])
 
   def _restore_latest(self, args_fn):

@@ -1,6 +1,7 @@
 """Checks a config once, before any work, with one-line messages."""
 
 import numbers
+import os
 
 from l2jax import models
 from l2jax import optim
@@ -47,6 +48,7 @@ def validate(config, num_devices: int) -> None:
   _require(config.l2.mode != 'none' or config.l2.weight == 0,
            f'config.l2.weight={config.l2.weight} has no effect with '
            'config.l2.mode=none; set the weight to 0 or choose a mode')
+  _regularizers(config)
   _number(config, 'learning_rate', low=0, low_open=True)
   _number(config, 'momentum', low=0, high=1, high_open=True)
   _require(not config.nesterov or config.momentum > 0,
@@ -56,6 +58,11 @@ def validate(config, num_devices: int) -> None:
   _number(config, 'adam.eps', low=0)
   _number(config, 'num_epochs', low=1, integer=True)
   _number(config, 'eval_every_epochs', low=1, integer=True)
+  _require(isinstance(config.noise_sigmas, (tuple, list)) and all(
+      isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 <= s <= 1
+      for s in config.noise_sigmas),
+           f'config.noise_sigmas={config.noise_sigmas!r} must be a tuple of '
+           'noise levels in [0, 1] (fractions of the pixel range), or ()')
   _number(config, 'warmup_epochs', low=0)
   _require(config.warmup_epochs < config.num_epochs,
            f'config.warmup_epochs={config.warmup_epochs} must be shorter than '
@@ -75,3 +82,32 @@ def validate(config, num_devices: int) -> None:
     _require(config[name] % num_devices == 0,
              f'config.{name}={config[name]} does not divide by the '
              f'{num_devices} devices; use a multiple of {num_devices}')
+
+
+def _regularizers(config) -> None:
+  """L2's normalization and schedule, L1, L2-SP and activity L2."""
+  _require(isinstance(config.l2.normalized, bool),
+           f'config.l2.normalized={config.l2.normalized!r} must be True or False')
+  _choice(config.l2.schedule, 'l2.schedule', optim.L2_SCHEDULES)
+  _require(config.l2.schedule != 'constant'
+           or config.l2.mode in optim.DECOUPLED_MODES,
+           f'config.l2.schedule=constant needs config.l2.mode decoupled or '
+           f'decoupled_lr, not {config.l2.mode}: in that mode the decay is in '
+           'the gradient, which α_t scales')
+  _number(config, 'l1.weight', low=0)
+  _number(config, 'l2sp.weight', low=0)
+  _number(config, 'activity_l2.weight', low=0)
+  for name in ('l1.mask', 'l2sp.mask'):
+    value = config[name.split('.')[0]].mask
+    _require(isinstance(value, str) and value,
+             f'config.{name} is empty; use kernels, all or a regex')
+  _choice(config.l2sp.mode, 'l2sp.mode', optim.L2SP_MODES)
+  init_from = config.l2sp.init_from
+  _require(isinstance(init_from, str),
+           f'config.l2sp.init_from={init_from!r} must be a path or empty')
+  _require(not config.l2sp.weight or init_from,
+           f'config.l2sp.weight={config.l2sp.weight} needs '
+           'config.l2sp.init_from, the workdir or checkpoint that w₀ comes from')
+  _require(not init_from or os.path.exists(os.path.expanduser(init_from)),
+           f'config.l2sp.init_from={init_from} does not exist; name the '
+           'workdir of an earlier run or one of its checkpoints')

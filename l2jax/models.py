@@ -16,6 +16,9 @@ class SeedCNN(nn.Module):
   MaxPool 2 - Dense(1024) - ReLU - Dense(num_classes).
 
   Input: (batch, H, W, C) floats. Output: (batch, num_classes) logits.
+  The penultimate features, the output of Dense(hidden) - ReLU, are sown as
+  `intermediates/features` (for activity L2; apply with
+  ``mutable=['intermediates']`` to read them).
   `conv_features` and `hidden` give the widths (the seeds': (64, 128), 1024).
   `impl` picks how convolutions and pooling are computed, with the same
   values and parameters: 'xla' (nn.Conv, nn.max_pool), 'cpu' (l2jax.layers'
@@ -37,6 +40,7 @@ class SeedCNN(nn.Module):
       x = pool(nn.relu(x))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden)(x))
+    self.sow('intermediates', 'features', x)
     return nn.Dense(self.num_classes)(x)
 
 

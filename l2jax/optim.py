@@ -4,11 +4,17 @@ Notation: λ = `config.l2.weight`, α the base learning rate, η_t the schedule'
 multiplier at step t (so the learning rate is α_t = α η_t), g_t the gradient of
 the data loss, u_t the optimizer's direction: the momentum buffer for SGD
 (`optax.trace`, PyTorch's convention b_t = μ b_{t-1} + g_t) or Adam's
-m̂_t / (√v̂_t + ε).
+m̂_t / (√v̂_t + ε). λ_sp = `config.l2sp.weight`, w₀ the L2-SP anchor.
+
+With `config.l2.normalized`, λ = λ_norm √(b / (B T)) (Loshchilov & Hutter,
+appendix B.1), λ_norm = `config.l2.weight`, b the batch size, T the epochs and
+B the examples an epoch trains on (steps per epoch × b: the last partial batch
+is dropped), so b / (B T) = 1 / (number of updates).
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
+import jax
 import optax
 
 from l2jax import regularization
@@ -16,6 +22,9 @@ from l2jax import regularization
 L2_MODES = ('none', 'loss', 'coupled', 'decoupled', 'decoupled_lr')
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('constant', 'cosine', 'step')
+L2_SCHEDULES = ('lr', 'constant')
+L2SP_MODES = ('loss', 'decoupled')
+DECOUPLED_MODES = ('decoupled', 'decoupled_lr')
 
 
 def lr_multiplier(config, steps_per_epoch: int) -> optax.Schedule:
@@ -50,6 +59,34 @@ def direction(config) -> optax.GradientTransformation:
   return optax.identity()
 
 
+class DecayTowardState(NamedTuple):
+  """`decay_toward` keeps no state."""
+
+
+def decay_toward(anchor: optax.Params, weight: float,
+                 mask: regularization.MaskFn) -> optax.GradientTransformation:
+  """Adds λ_sp (w − w₀) to the masked parameters' updates.
+
+  `optax.add_decayed_weights` with the decay pulling toward the anchor w₀
+  (`anchor`, a pytree like the params) instead of toward 0: the gradient of
+  ½ λ_sp Σ (w − w₀)².
+  """
+
+  def init_fn(params):
+    del params
+    return DecayTowardState()
+
+  def update_fn(updates, state, params):
+    if params is None:
+      raise ValueError('decay_toward needs the params')
+    updates = jax.tree_util.tree_map(
+        lambda u, w, w0, m: u + weight * (w - w0) if m else u,
+        updates, params, anchor, mask(params))
+    return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def l2_chain(
     direction: optax.GradientTransformation,
     *,
@@ -58,6 +95,8 @@ def l2_chain(
     learning_rate: float,
     multiplier: Callable[[int], float],
     mask: regularization.MaskFn,
+    schedule: str = 'lr',
+    anchor_decay: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformation:
   """The optimizer with L2 entering in one of five ways.
 
@@ -80,6 +119,21 @@ def l2_chain(
   For plain SGD at constant α, ``decoupled`` with λ equals ``coupled`` with
   λ/α, and ``decoupled_lr`` with λ equals ``coupled`` with λ.
 
+  The decay schedule (`schedule`, `config.l2.schedule`): with λ_t the
+  coefficient of the decay step, every mode above has λ_t = λ η_t (``lr``,
+  the default): the decay follows the learning-rate schedule, through α_t or
+  η_t. ``constant`` keeps λ_t = λ, for the decoupled modes only (in ``loss``
+  and ``coupled`` the decay is part of the gradient, so α_t scales it):
+
+  * ``decoupled``: w ← w − η_t α u_t − λ w.  Chain: direction, ×α, ×η_t, D,
+    ×(−1).
+  * ``decoupled_lr``: w ← w − α_t u_t − α λ w.  Chain: direction, ×α, ×η_t,
+    D(αλ), ×(−1).
+
+  `anchor_decay` (decoupled L2-SP, `decay_toward`) adds η_t λ_sp (w − w₀) to
+  the step of any mode: it goes after ×α and before ×η_t, like ``decoupled``'s
+  D, so w ← w − η_t (α u_t + λ_sp (w − w₀)) − (the mode's L2 decay).
+
   Args:
     direction: the transformation that turns gradients into u_t.
     mode: one of `L2_MODES`.
@@ -87,22 +141,37 @@ def l2_chain(
     learning_rate: α, the base learning rate.
     multiplier: η_t, a function of the step count.
     mask: params → pytree of bools; only masked parameters decay.
+    schedule: one of `L2_SCHEDULES`; ``constant`` needs a decoupled mode.
+    anchor_decay: decoupled decay toward w₀, or None.
 
   Returns:
     An `optax.GradientTransformation` whose updates are added to the params.
   """
-  lr = lambda step: learning_rate * multiplier(step)
+  if mode not in L2_MODES:
+    raise ValueError(f'unknown L2 mode {mode!r}; expected one of {L2_MODES}')
+  if schedule == 'constant':
+    if mode not in DECOUPLED_MODES:
+      raise ValueError(f'a constant decay schedule needs a decoupled mode, '
+                       f'not {mode!r}')
+    const_weight = weight * (learning_rate if mode == 'decoupled_lr' else 1.0)
+    return optax.chain(
+        direction, optax.scale(learning_rate),
+        *([anchor_decay] if anchor_decay else []),
+        optax.scale_by_schedule(multiplier),
+        optax.add_decayed_weights(const_weight, mask), optax.scale(-1.0))
   decay = optax.add_decayed_weights(weight, mask)
-  if mode in ('none', 'loss'):
-    return optax.chain(direction, optax.scale_by_learning_rate(lr))
-  if mode == 'coupled':
-    return optax.chain(decay, direction, optax.scale_by_learning_rate(lr))
-  if mode == 'decoupled_lr':
-    return optax.chain(direction, decay, optax.scale_by_learning_rate(lr))
-  if mode == 'decoupled':
-    return optax.chain(direction, optax.scale(learning_rate), decay,
-                       optax.scale_by_learning_rate(multiplier))
-  raise ValueError(f'unknown L2 mode {mode!r}; expected one of {L2_MODES}')
+  # Decays scaled by η_t but not by α sit between ×α and ×(−η_t).
+  between = [decay] if mode == 'decoupled' else []
+  between += [anchor_decay] if anchor_decay else []
+  if between:
+    descend = optax.chain(optax.scale(learning_rate), *between,
+                          optax.scale_by_learning_rate(multiplier))
+  else:
+    descend = optax.scale_by_learning_rate(
+        lambda step: learning_rate * multiplier(step))
+  before = {'coupled': [decay]}.get(mode, [])
+  after = {'decoupled_lr': [decay]}.get(mode, [])
+  return optax.chain(*before, direction, *after, descend)
 
 
 def loss_l2_weight(mode: str, weight: float) -> float:
@@ -110,14 +179,66 @@ def loss_l2_weight(mode: str, weight: float) -> float:
   return weight if mode == 'loss' else 0.0
 
 
-def make_optimizer(config, steps_per_epoch: int):
-  """Returns (optax chain, learning-rate schedule α_t) for a config."""
+def normalized_weight(weight_norm: float, batch_size: int,
+                      examples_per_epoch: int, epochs: int) -> float:
+  """λ = λ_norm √(b / (B T)) (Loshchilov & Hutter, appendix B.1)."""
+  return weight_norm * (batch_size / (examples_per_epoch * epochs)) ** 0.5
+
+
+def l2_weight(config, steps_per_epoch: int) -> float:
+  """λ: `config.l2.weight`, or λ_norm √(b / (B T)) with `config.l2.normalized`."""
+  if not config.l2.normalized:
+    return config.l2.weight
+  return normalized_weight(config.l2.weight, config.batch_size,
+                           steps_per_epoch * config.batch_size,
+                           config.num_epochs)
+
+
+def l2sp_mask(config, anchor: regularization.Anchor) -> regularization.MaskFn:
+  return regularization.anchored_mask(
+      regularization.decay_mask(config.l2sp.mask, 'l2sp.mask'), anchor)
+
+
+def make_optimizer(config, steps_per_epoch: int,
+                   anchor: Optional[regularization.Anchor] = None):
+  """Returns (optax chain, learning-rate schedule α_t) for a config.
+
+  `anchor` (w₀, from `config.l2sp.init_from`) is needed for decoupled L2-SP.
+  """
   multiplier = lr_multiplier(config, steps_per_epoch)
+  anchor_decay = None
+  if config.l2sp.mode == 'decoupled' and config.l2sp.weight:
+    anchor_decay = decay_toward(anchor.params, config.l2sp.weight,
+                                l2sp_mask(config, anchor))
   tx = l2_chain(
       direction(config),
       mode=config.l2.mode,
-      weight=config.l2.weight,
+      weight=l2_weight(config, steps_per_epoch),
       learning_rate=config.learning_rate,
       multiplier=multiplier,
-      mask=regularization.decay_mask(config.l2.mask))
+      mask=regularization.decay_mask(config.l2.mask),
+      schedule=config.l2.schedule,
+      anchor_decay=anchor_decay)
   return tx, lambda step: config.learning_rate * multiplier(step)
+
+
+def make_penalties(config, steps_per_epoch: int,
+                   anchor: Optional[regularization.Anchor] = None
+                   ) -> regularization.Penalties:
+  """What the loss adds to the data loss, and what is measured each epoch.
+
+  λ is the same as `make_optimizer`'s (normalized or not); in ``loss`` mode
+  the L2 term is in the loss, in the other modes the optimizer applies it.
+  """
+  return regularization.Penalties(
+      l2_weight=l2_weight(config, steps_per_epoch),
+      l2_in_loss=config.l2.mode == 'loss',
+      l2_mask=regularization.decay_mask(config.l2.mask),
+      l1_weight=config.l1.weight,
+      l1_mask=regularization.decay_mask(config.l1.mask, 'l1.mask'),
+      l2sp_weight=config.l2sp.weight,
+      l2sp_in_loss=config.l2sp.mode == 'loss',
+      l2sp_mask=(l2sp_mask(config, anchor) if anchor is not None
+                 else regularization.decay_mask(config.l2sp.mask)),
+      anchor=anchor,
+      activity_weight=config.activity_l2.weight)

@@ -24,26 +24,50 @@ from l2jax import data as data_lib
 from l2jax import models
 from l2jax import optim
 from l2jax import outputs
+from l2jax import pretrained
 from l2jax import regularization
 from l2jax.errors import ConfigError, DivergenceError, L2JaxError
 
 AXIS = 'batch'
 
 
-def create_train_state(rng, model, image_shape, tx) -> train_state.TrainState:
-  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
-                         train=False)
-  return train_state.TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=tx)
+def initialize(config, model, image_shape, steps_per_epoch: int, rng):
+  """Returns (train state, α_t, penalties) for a run of `config`.
+
+  The parameters are `model`'s initialization, or those of
+  `config.l2sp.init_from` (with a fresh head where the class count differs),
+  which are then also the L2-SP anchor w₀. Every mask in use must select
+  something.
+  """
+  params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
+                      train=False)['params']
+  anchor = None
+  if config.l2sp.init_from:
+    params, anchor = pretrained.start_from(
+        params, pretrained.load_params(config.l2sp.init_from),
+        config.l2sp.init_from)
+  tx, learning_rate = optim.make_optimizer(config, steps_per_epoch, anchor)
+  penalties = optim.make_penalties(config, steps_per_epoch, anchor)
+  masks = [(penalties.l2_mask, config.l2.mask, 'l2.mask')]
+  if config.l1.weight:
+    masks.append((penalties.l1_mask, config.l1.mask, 'l1.mask'))
+  if config.l2sp.weight:
+    masks.append((penalties.l2sp_mask, config.l2sp.mask, 'l2sp.mask'))
+  for mask_fn, spec, name in masks:
+    regularization.check_mask_selects_something(mask_fn, params, spec, name)
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                        tx=tx)
+  return state, learning_rate, penalties
 
 
 def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
-               l2_loss_weight: float, mask_fn):
+               penalties: regularization.Penalties):
   """One step on a device's share of the global batch.
 
   images: (b, H, W, C) uint8; labels: (b,) int. The per-example augmentation
   key depends on the example's position in the global batch and the step, so
-  the run does not depend on the number of devices.
+  the run does not depend on the number of devices. The loss is the data loss
+  plus `penalties`' terms; each term is also a metric.
   """
   if augment_images:
     step_key = jax.random.fold_in(rng, state.step)
@@ -54,27 +78,45 @@ def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
   x = augment.normalize(images, mean, std)
 
   def loss_fn(params):
-    logits = state.apply_fn({'params': params}, x, train=True)
+    logits, terms = apply_with_penalties(state.apply_fn, params, x, penalties)
     data_loss = optax.softmax_cross_entropy_with_integer_labels(
         logits, labels).mean()
-    loss = data_loss
-    if l2_loss_weight:
-      loss += regularization.l2_penalty(params, mask_fn(params), l2_loss_weight)
-    return loss, (data_loss, logits)
+    loss = data_loss + sum(terms.values(), jnp.zeros(()))
+    return loss, (data_loss, logits, terms)
 
-  (loss, (data_loss, logits)), grads = jax.value_and_grad(
+  (loss, (data_loss, logits, terms)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
   state = state.apply_gradients(grads=grads)
+  # Weight penalties are measured at epoch end (`weight_measures`); only the
+  # activity penalty, which depends on the batch, is a step metric.
   metrics = {'train_loss': loss, 'data_loss': data_loss,
-             'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)}
+             'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
+             **{k: v for k, v in terms.items() if k == 'activity_penalty'}}
   return state, jax.lax.pmean(metrics, AXIS)
 
 
-def eval_step(params, images, labels, weights, *, apply_fn, mean, std):
+def apply_with_penalties(apply_fn, params, x, penalties):
+  """Logits, and the loss's penalty terms by metric name.
+
+  The activity penalty reads the model's sown `intermediates/features`.
+  """
+  terms = penalties.weight_terms(params)
+  if not penalties.activity_weight:
+    return apply_fn({'params': params}, x, train=True), terms
+  logits, state = apply_fn({'params': params}, x, train=True,
+                           mutable=['intermediates'])
+  features = state.get('intermediates', {}).get('features')
+  if features is None:
+    raise ConfigError('config.activity_l2.weight needs a model that sows its '
+                      "penultimate features as 'features'; this one does not")
+  terms['activity_penalty'] = regularization.activity_penalty(
+      features[0], penalties.activity_weight)
+  return logits, terms
+
+
+def eval_sums(logits, labels, weights) -> dict:
   """Sums of loss, correct predictions and examples over all devices."""
-  logits = apply_fn({'params': params}, augment.normalize(images, mean, std),
-                    train=False)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = jnp.argmax(logits, -1) == labels
   sums = {'loss': jnp.sum(loss * weights), 'correct': jnp.sum(correct * weights),
@@ -82,22 +124,71 @@ def eval_step(params, images, labels, weights, *, apply_fn, mean, std):
   return jax.lax.psum(sums, AXIS)
 
 
+def eval_step(params, images, labels, weights, *, apply_fn, mean, std):
+  """Sums of loss, correct predictions and examples over all devices."""
+  logits = apply_fn({'params': params}, augment.normalize(images, mean, std),
+                    train=False)
+  return eval_sums(logits, labels, weights)
+
+
+def noisy_eval_step(params, images, labels, weights, sigma, first_index, *,
+                    apply_fn, mean, std, key):
+  """`eval_step` on clip(x / 255 + σ z, 0, 1): `augment.add_gaussian_noise`.
+
+  z is keyed by `key` and the example's index in the split (`first_index`
+  is the batch's), so it is the same in every evaluation, for every σ and
+  device count. sigma, first_index: scalars per device.
+  """
+  b = labels.shape[0]
+  index = first_index + jax.lax.axis_index(AXIS) * b + jnp.arange(b)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+  x = augment.standardize(augment.add_gaussian_noise(keys, images, sigma),
+                          mean, std)
+  return eval_sums(apply_fn({'params': params}, x, train=False), labels,
+                   weights)
+
+
 def evaluate(p_eval_step, params, split, batch_size, num_devices,
-             process=(0, 1)) -> dict:
-  sums = [p_eval_step(params, *batch) for batch in
-          data_lib.eval_batches(split, batch_size, num_devices, process)]
+             process=(0, 1), sigma=None) -> dict:
+  """Loss and accuracy on `split`; with `sigma`, `p_eval_step` is a pmapped
+  `noisy_eval_step` and the images carry noise of that σ."""
+  sums = []
+  for number, batch in enumerate(
+      data_lib.eval_batches(split, batch_size, num_devices, process)):
+    if sigma is not None:
+      batch += (np.full(num_devices, sigma, np.float32),
+                np.full(num_devices, number * batch_size, np.int32))
+    sums.append(p_eval_step(params, *batch))
   sums = jax.tree_util.tree_map(lambda *x: np.sum(x), *jax.device_get(
       [jax_utils.unreplicate(s) for s in sums]))
   return {'loss': float(sums['loss'] / sums['count']),
           'accuracy': float(sums['correct'] / sums['count'])}
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def weight_measures(params, mask_fn, l2_weight):
-  """‖w‖₂ and ½ λ Σ w² over the masked parameters."""
-  mask = mask_fn(params)
-  return {'weight_norm': regularization.weight_norm(params, mask),
-          'l2_penalty': regularization.l2_penalty(params, mask, l2_weight)}
+NOISE_STREAM = 1  # Folded into the seed's key for the evaluation noise.
+
+
+def noise_evaluation(config, apply_fn, mean, std, num_devices, process):
+  """Returns params, split → {'test_accuracy_noise<σ>': accuracy} for each
+  σ in `config.noise_sigmas`, with the same noise in every call."""
+  p_step = jax.pmap(
+      functools.partial(
+          noisy_eval_step, apply_fn=apply_fn, mean=mean, std=std,
+          key=jax.random.fold_in(jax.random.key(config.seed), NOISE_STREAM)),
+      axis_name=AXIS)
+
+  def accuracies(params, split) -> dict:
+    return {f'test_accuracy_noise{sigma:g}': evaluate(
+        p_step, params, split, config.eval_batch_size, num_devices, process,
+        sigma)['accuracy'] for sigma in config.noise_sigmas}
+
+  return accuracies
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def weight_measures(params, penalties: regularization.Penalties):
+  """`penalties.measures`: ‖w‖₂, the weight penalties, the sparsity."""
+  return penalties.measures(params)
 
 
 def replicate(tree):
@@ -228,12 +319,9 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
                len(dataset.test), dataset.image_shape, dataset.num_classes)
 
   model = models.create_model(config.model, dataset.num_classes)
-  tx, learning_rate = optim.make_optimizer(config, steps_per_epoch)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(init_rng, model, dataset.image_shape, tx)
-  mask_fn = regularization.decay_mask(config.l2.mask)
-  regularization.check_mask_selects_something(mask_fn, state.params,
-                                               config.l2.mask)
+  state, learning_rate, penalties = initialize(
+      config, model, dataset.image_shape, steps_per_epoch, init_rng)
 
   state, step, epoch_metrics = checkpointer.restore_latest(state)
   if step:
@@ -247,13 +335,14 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
   p_train_step = jax.pmap(
       functools.partial(
           train_step, mean=mean, std=std, augment_images=config.augment,
-          l2_loss_weight=optim.loss_l2_weight(config.l2.mode, config.l2.weight),
-          mask_fn=mask_fn),
+          penalties=penalties),
       axis_name=AXIS, donate_argnums=(0,))
   p_eval_step = jax.pmap(
       functools.partial(eval_step, apply_fn=model.apply, mean=mean, std=std),
       axis_name=AXIS)
   eval_splits = {'val': dataset.validation, 'test': dataset.test}
+  evaluate_noise = noise_evaluation(config, model.apply, mean, std,
+                                    num_devices, process)
 
   def checked_save(state, step: int, epoch_metrics: dict) -> dict:
     """Saves a checkpoint if the epoch's losses and the weights are finite;
@@ -261,7 +350,7 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
     nonlocal last_checkpoint
     # On the host: orbax saves NumPy arrays from process 0 alone.
     host_state = jax.device_get(jax_utils.unreplicate(state))
-    measures = weight_measures(host_state.params, mask_fn, config.l2.weight)
+    measures = weight_measures(host_state.params, penalties)
     check_finite(epoch_metrics['train_loss'],
                  (step - 1) // steps_per_epoch * steps_per_epoch,
                  measures['weight_norm'], learning_rate, last_checkpoint)
@@ -294,6 +383,7 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
           result = evaluate(p_eval_step, state.params, split,
                             config.eval_batch_size, num_devices, process)
           evaluations.update({f'{name}_{k}': v for k, v in result.items()})
+      evaluations.update(evaluate_noise(state.params, dataset.test))
     record = epoch_record(epoch, step, epoch_metrics, measures, evaluations,
                           float(learning_rate(step - 1)), epoch_seconds,
                           num_images)

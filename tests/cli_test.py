@@ -19,7 +19,9 @@ FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 PER_EPOCH_KEYS = {
     'epoch', 'train_loss', 'data_loss', 'l2_penalty', 'train_accuracy',
     'val_accuracy', 'test_accuracy', 'weight_norm', 'learning_rate',
-    'epoch_seconds', 'images_per_second'}
+    'epoch_seconds', 'images_per_second', 'l1_penalty', 'sparsity',
+    'test_accuracy_noise0.02', 'test_accuracy_noise0.05',
+    'test_accuracy_noise0.1'}
 
 
 def test_real_cifar_slice_learns_writes_every_output_and_resumes(
@@ -45,7 +47,8 @@ def test_real_cifar_slice_learns_writes_every_output_and_resumes(
   summary = json.loads((tmp_path / 'summary.json').read_text())
   assert summary['final'] == records[-1]
   assert summary['config']['l2'] == {'mode': 'coupled', 'weight': 5e-4,
-                                     'mask': 'kernels'}
+                                     'mask': 'kernels', 'normalized': False,
+                                     'schedule': 'lr'}
   assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert (tmp_path / 'checkpoints' / '252').is_dir()
 

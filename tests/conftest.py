@@ -7,6 +7,8 @@ import subprocess
 import sys
 import tarfile
 
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
@@ -41,6 +43,15 @@ def cifar_small(tmp_path_factory) -> pathlib.Path:
       for image in sorted(class_dir.iterdir())[:per_class]:
         os.link(image, target / image.name)
   return small
+
+
+def small_params() -> dict:
+  """Two Dense layers' kernels and biases, from a fixed NumPy seed."""
+  rng = np.random.default_rng(0)
+  return {'Dense_0': {'kernel': jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                      'bias': jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
+          'Dense_1': {'kernel': jnp.asarray(rng.normal(size=(4, 2)), jnp.float32),
+                      'bias': jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
 
 
 def cli(workdir, *overrides, devices: int = 1,

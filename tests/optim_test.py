@@ -7,20 +7,13 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import small_params as make_params
 from l2jax import optim
 from l2jax import regularization
 
 LAM = 0.01
 ALPHA = 0.1
 ETA = 0.5  # A schedule multiplier ≠ 1 tells α from η_t in the formulas.
-
-
-def make_params():
-  rng = np.random.default_rng(0)
-  return {'Dense_0': {'kernel': jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-                      'bias': jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
-          'Dense_1': {'kernel': jnp.asarray(rng.normal(size=(4, 2)), jnp.float32),
-                      'bias': jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
 
 
 def data_loss(params, step):
@@ -166,3 +159,94 @@ def test_lr_multiplier_shapes():
   step = optim.lr_multiplier(config, steps_per_epoch=10)
   assert [float(step(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
       [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def varying(step):
+  """η_t that changes every step, so that a missing or extra η_t shows."""
+  return 1.0 / (1.0 + step)
+
+
+def numpy_sgd_momentum(steps, decay, mu=0.9):
+  """w ← w − η_t α b_t − decay(w, t) with b_t = μ b_{t−1} + g_t, in NumPy."""
+  w = jax.tree_util.tree_map(np.asarray, make_params())
+  b = jax.tree_util.tree_map(np.zeros_like, w)
+  for t in range(steps):
+    g = numpy_grads(jax.tree_util.tree_map(jnp.asarray, w), t)
+    for layer in w:
+      for name in w[layer]:
+        b[layer][name] = mu * b[layer][name] + g[layer][name]
+        w[layer][name] = (w[layer][name] - varying(t) * ALPHA * b[layer][name]
+                          - decay(layer, name, w[layer][name], t))
+  return w
+
+
+@pytest.mark.parametrize('mode', ['decoupled', 'decoupled_lr'])
+def test_constant_decay_schedule_does_not_follow_eta(mode):
+  """decoupled: w ← w − η_t α u_t − λ w; decoupled_lr: ... − α λ w."""
+  got = run(optim.l2_chain(optax.trace(0.9), mode=mode, weight=LAM,
+                           learning_rate=ALPHA, multiplier=varying, mask=MASK,
+                           schedule='constant'), 4)
+  scale = ALPHA if mode == 'decoupled_lr' else 1.0
+  want = numpy_sgd_momentum(4, lambda layer, name, w, t: (
+      scale * LAM * w if name == 'kernel' else 0.0))
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_constant_decay_schedule_needs_a_decoupled_mode():
+  with pytest.raises(ValueError, match='decoupled'):
+    optim.l2_chain(optax.trace(0.9), mode='coupled', weight=LAM,
+                   learning_rate=ALPHA, multiplier=varying, mask=MASK,
+                   schedule='constant')
+
+
+@pytest.mark.parametrize('schedule', ['lr', 'constant'])
+def test_decoupled_l2sp_decays_toward_the_anchor(schedule):
+  """w ← w − η_t (α u_t + λ_sp (w − w₀)) − η_t λ w (or λ w, constant), with
+  L2-SP on Dense_0's kernel only (the anchored mask) and L2 on kernels."""
+  w0 = jax.tree_util.tree_map(lambda x: 0.5 * x + 0.2, make_params())
+  sp_mask = regularization.decay_mask(r'^Dense_0/kernel$')
+  got = run(optim.l2_chain(
+      optax.trace(0.9), mode='decoupled', weight=LAM, learning_rate=ALPHA,
+      multiplier=varying, mask=MASK, schedule=schedule,
+      anchor_decay=optim.decay_toward(w0, 0.3, sp_mask)), 4)
+  w0_np = jax.tree_util.tree_map(np.asarray, w0)
+
+  def decay(layer, name, w, t):
+    eta = varying(t)
+    l2 = LAM * w * (eta if schedule == 'lr' else 1.0) if name == 'kernel' else 0
+    sp = (eta * 0.3 * (w - w0_np[layer][name])
+          if (layer, name) == ('Dense_0', 'kernel') else 0)
+    return l2 + sp
+
+  chex.assert_trees_all_close(got, numpy_sgd_momentum(4, decay),
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_decay_toward_at_the_anchor_adds_nothing():
+  params = make_params()
+  tx = optim.decay_toward(params, 0.3, MASK)
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  chex.assert_trees_all_equal(updates, grads)
+
+
+def test_normalized_weight_follows_the_formula():
+  """λ = λ_norm √(b / (B T)), B the examples an epoch trains on."""
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  config = cifar.get_config()
+  config.l2.update(mode='decoupled', weight=0.05, normalized=True)
+  config.update(batch_size=64, num_epochs=7, momentum=0.0, schedule='constant')
+  steps_per_epoch = 30  # B = 30 · 64 = 1,920 examples an epoch.
+  want = 0.05 * np.sqrt(64 / (1920 * 7))
+  assert optim.l2_weight(config, steps_per_epoch) == pytest.approx(want)
+  assert optim.make_penalties(config, steps_per_epoch).l2_weight == (
+      pytest.approx(want))
+  # One decoupled step on a zero gradient shrinks the kernels by 1 − λ.
+  tx, _ = optim.make_optimizer(config, steps_per_epoch)
+  params = make_params()
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates['Dense_0']['kernel'],
+                             -want * np.asarray(params['Dense_0']['kernel']),
+                             rtol=1e-5)
+  np.testing.assert_array_equal(updates['Dense_0']['bias'], 0.0)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import small_params
 from l2jax import models
 from l2jax import regularization
 from l2jax.errors import ConfigError
@@ -58,3 +59,78 @@ def test_penalty_gradient_is_weight_times_lambda(params):
   np.testing.assert_allclose(grads['Conv_0']['kernel'],
                              0.3 * params['Conv_0']['kernel'], rtol=1e-6)
   assert not np.any(grads['Conv_0']['bias'])
+
+
+KERNELS = regularization.decay_mask('kernels')
+
+
+def test_l1_value_and_gradient_match_numpy():
+  params = small_params()
+  kernels = [np.asarray(params[k]['kernel'], np.float64)
+             for k in ('Dense_0', 'Dense_1')]
+  value = float(regularization.l1_penalty(params, KERNELS(params), 0.2))
+  assert value == pytest.approx(0.2 * sum(np.abs(k).sum() for k in kernels),
+                                rel=1e-6)
+  grads = jax.grad(regularization.l1_penalty)(params, KERNELS(params), 0.2)
+  np.testing.assert_allclose(grads['Dense_1']['kernel'],
+                             0.2 * np.sign(kernels[1]), rtol=1e-6)
+  assert not np.any(grads['Dense_1']['bias'])
+
+
+def test_sparsity_counts_small_masked_weights_only():
+  params = {'Dense_0': {'kernel': jnp.array([[0.0, 5e-4], [-2e-3, 1.0]]),
+                        'bias': jnp.zeros(3)}}  # Unmasked zeros do not count.
+  assert float(regularization.sparsity(params, KERNELS(params))) == 0.5
+
+
+def test_l2sp_at_the_anchor_is_zero_with_zero_gradient():
+  params = small_params()
+  mask = KERNELS(params)
+  assert float(regularization.l2sp_penalty(params, params, mask, 0.3)) == 0.0
+  grads = jax.grad(regularization.l2sp_penalty)(params, params, mask, 0.3)
+  for leaf in jax.tree_util.tree_leaves(grads):
+    np.testing.assert_array_equal(leaf, 0.0)
+
+
+def test_l2sp_value_and_gradient_skip_parameters_not_anchored():
+  params, w0 = small_params(), jax.tree_util.tree_map(lambda x: x * 0.5 + 0.1,
+                                                    small_params())
+  anchored = {'Dense_0': {'kernel': True, 'bias': True},
+              'Dense_1': {'kernel': False, 'bias': False}}  # A fresh head.
+  mask_fn = regularization.anchored_mask(
+      KERNELS, regularization.Anchor(w0, anchored))
+  mask = mask_fn(params)
+  diff = np.asarray(params['Dense_0']['kernel'], np.float64) - np.asarray(
+      w0['Dense_0']['kernel'], np.float64)
+  assert float(regularization.l2sp_penalty(params, w0, mask, 0.3)) == (
+      pytest.approx(0.5 * 0.3 * np.sum(diff ** 2), rel=1e-6))
+  grads = jax.grad(regularization.l2sp_penalty)(params, w0, mask, 0.3)
+  np.testing.assert_allclose(grads['Dense_0']['kernel'], 0.3 * diff, rtol=1e-5)
+  for name in ('kernel', 'bias'):
+    assert not np.any(grads['Dense_1'][name])
+  assert not np.any(grads['Dense_0']['bias'])
+
+
+def test_activity_penalty_reaches_the_penultimate_features_only():
+  """λ_a mean ‖relu(Dense_0(x))‖², and no gradient into the head."""
+  from l2jax import train  # pylint: disable=g-import-not-at-top
+  model = models.create_model('seed_cnn_narrow', 10)
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  params = model.init(jax.random.key(0), x)['params']
+  penalties = regularization.Penalties(activity_weight=0.01)
+
+  def activity(p):
+    return train.apply_with_penalties(model.apply, p, x, penalties)[1][
+        'activity_penalty']
+
+  # Dense_0's output before the ReLU, captured by flax, not by our sow.
+  _, state = model.apply({'params': params}, x, capture_intermediates=True)
+  h = np.maximum(np.asarray(state['intermediates']['Dense_0']['__call__'][0],
+                            np.float64), 0)
+  assert float(activity(params)) == pytest.approx(
+      0.01 * np.mean(np.sum(h ** 2, axis=1)), rel=1e-5)
+  grads = jax.grad(activity)(params)
+  for name in ('kernel', 'bias'):
+    np.testing.assert_array_equal(grads['Dense_1'][name], 0.0)
+  assert np.abs(grads['Dense_0']['kernel']).max() > 0
+  assert np.abs(grads['Conv_0']['kernel']).max() > 0

@@ -4,26 +4,29 @@ import functools
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import cifar
+from l2jax import augment
+from l2jax import checkpoints
+from l2jax import data as data_lib
 from l2jax import models
-from l2jax import optim
-from l2jax import regularization
 from l2jax import train
 
 
 def test_train_step_compiles_once():
   config = cifar.get_config()
-  tx, _ = optim.make_optimizer(config, steps_per_epoch=10)
+  config.l1.weight, config.activity_l2.weight = 1e-4, 1e-3  # Every loss term.
   model = models.create_model('seed_cnn_narrow', 10)
-  state = train.create_train_state(jax.random.key(0), model, (8, 8, 3), tx)
+  state, _, penalties = train.initialize(config, model, (8, 8, 3), 10,
+                                         jax.random.key(0))
   step = chex.assert_max_traces(train.train_step, n=1)
   p_step = jax.pmap(
       functools.partial(step, mean=np.zeros(3, np.float32),
                         std=np.ones(3, np.float32), augment_images=True,
-                        l2_loss_weight=0.0,
-                        mask_fn=regularization.decay_mask('kernels')),
+                        penalties=penalties),
       axis_name=train.AXIS, donate_argnums=(0,))
   state = train.replicate(state)
   rng = train.replicate(jax.random.key(1))
@@ -34,3 +37,73 @@ def test_train_step_compiles_once():
     state, metrics = p_step(state, images, labels, rng)
   assert int(state.step[0]) == 3
   chex.assert_tree_all_finite(metrics)
+  assert 'activity_penalty' in metrics
+
+
+def synthetic(classes: int, n: int, seed: int = 0) -> data_lib.Split:
+  rng = np.random.default_rng(seed)
+  return data_lib.Split(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+                        rng.integers(0, classes, n, dtype=np.int32))
+
+
+def test_noise_at_sigma_0_is_the_clean_accuracy_and_noise_is_fixed():
+  config = cifar.get_config()
+  config.noise_sigmas = (0.0, 0.1)
+  model = models.create_model('seed_cnn_narrow', 10)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
+  split = synthetic(10, 50)
+  mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+  # Labels the model gets right for the first half: accuracy about ½.
+  predicted = np.argmax(model.apply({'params': params}, augment.normalize(
+      split.images, mean, std)), -1)
+  split = data_lib.Split(split.images, np.where(
+      np.arange(50) < 25, predicted, split.labels).astype(np.int32))
+  n = jax.local_device_count()
+  p_eval = jax.pmap(functools.partial(train.eval_step, apply_fn=model.apply,
+                                      mean=mean, std=std), axis_name=train.AXIS)
+  replicated = train.replicate(params)
+  clean = train.evaluate(p_eval, replicated, split, 16 * n, n)['accuracy']
+  noisy = train.noise_evaluation(config, model.apply, mean, std, n)
+  first = noisy(replicated, split)
+  assert set(first) == {'test_accuracy_noise0', 'test_accuracy_noise0.1'}
+  assert first['test_accuracy_noise0'] == clean >= 0.5
+  assert first['test_accuracy_noise0.1'] != clean  # The noise reaches the model.
+  assert noisy(replicated, split) == first
+  config.eval_batch_size = 25 * n  # The noise is keyed per example.
+  assert train.noise_evaluation(config, model.apply, mean, std, n)(
+      replicated, split) == first
+
+
+def test_fine_tuning_with_every_regularizer_end_to_end(tmp_path):
+  """A 4-class checkpoint, then 3 classes from it with L2-SP, L1, activity L2
+  and noise evaluation: every measure is in metrics.jsonl."""
+  config = cifar.get_config()
+  config.update(model='seed_cnn_narrow', batch_size=16, num_epochs=1,
+                eval_batch_size=32, noise_sigmas=(0.0, 0.05), augment=False)
+  source = models.create_model('seed_cnn_narrow', 4)
+  checkpointer = checkpoints.Checkpointer(str(tmp_path / 'source'), 1)
+  source_state = train.initialize(config, source, (8, 8, 3), 2,
+                                  jax.random.key(5))[0]
+  checkpointer.save(1, source_state)
+  checkpointer.close()
+  config.l2.mode = 'loss'
+  config.l1.weight, config.activity_l2.weight = 1e-4, 1e-3
+  config.l2sp.update(weight=0.1, init_from=str(tmp_path / 'source'))
+  start, _, penalties = train.initialize(
+      config, models.create_model('seed_cnn_narrow', 3), (8, 8, 3), 2,
+      jax.random.key(0))
+  np.testing.assert_array_equal(start.params['Dense_0']['kernel'],
+                                source_state.params['Dense_0']['kernel'])
+  chex.assert_shape(start.params['Dense_1']['kernel'], (256, 3))
+  assert penalties.anchor is not None
+  target = data_lib.Dataset(synthetic(3, 32, 2), None, synthetic(3, 32, 3), 3)
+  summary = train.train_and_evaluate(config, str(tmp_path / 'target'), target)
+  record = summary['final']
+  assert record['test_accuracy_noise0'] == record['test_accuracy']
+  for key in ('sparsity', 'l1_penalty', 'l2sp_penalty', 'l2sp_distance',
+              'activity_penalty', 'test_accuracy_noise0.05'):
+    assert np.isfinite(record[key]), key
+  # L2-SP's measures agree: ½ λ_sp ‖w − w₀‖², and training moved w off w₀.
+  assert record['l2sp_penalty'] == pytest.approx(
+      0.5 * 0.1 * record['l2sp_distance'] ** 2, rel=1e-4)
+  assert record['l2sp_distance'] > 0
