@@ -167,8 +167,6 @@ def train_and_evaluate(config, workdir: str,
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = create_train_state(init_rng, model, dataset.image_shape, tx)
   mask_fn = regularization.decay_mask(config.l2.mask)
-  regularization.check_mask_selects_something(mask_fn, state.params,
-                                               config.l2.mask)
 
   checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
   state, start_epoch = checkpointer.restore_latest(state)
