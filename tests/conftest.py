@@ -1,4 +1,5 @@
-"""Shared fixtures: the real CIFAR-10 copy from ../shared/data, and the CLI."""
+"""Shared fixtures: the real CIFAR-10 copy from ../shared/data, a tiny image
+folder, and the CLI."""
 
 import os
 import pathlib
@@ -6,6 +7,8 @@ import subprocess
 import sys
 import tarfile
 
+import numpy as np
+from PIL import Image
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -39,13 +42,32 @@ def cifar_small(tmp_path_factory) -> pathlib.Path:
   return small
 
 
+def write_folder(root, sizes=None):
+  """root/{train,test}/{cat,dog}/*.png with known pixels: 3 train and 2 test
+  images a class, 6x6 unless `sizes` maps (split, class, i) to another shape.
+  Returns {(split, pixel bytes): label}."""
+  rng = np.random.default_rng(1)
+  written = {}
+  for split, n in (('train', 3), ('test', 2)):
+    for label, name in enumerate(('cat', 'dog')):
+      (root / split / name).mkdir(parents=True)
+      for i in range(n):
+        shape = (sizes or {}).get((split, name, i), (6, 6, 3))
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{i}.png')
+        written[(split, pixels.tobytes())] = label
+  return written
+
+
 def run_cli(workdir, *overrides, devices: int = 1, config='configs/cifar.py',
             timeout: int = 600) -> subprocess.CompletedProcess:
-  """`python -m l2jax.main` in a fresh process with `devices` CPU devices."""
+  """`python -m l2jax.main` in a fresh process with `devices` CPU devices
+  (without --workdir when `workdir` is None)."""
   env = dict(os.environ,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  workdir = [] if workdir is None else [f'--workdir={workdir}']
   return subprocess.run(
-      [sys.executable, '-m', 'l2jax.main', f'--config={config}',
-       f'--workdir={workdir}', *overrides],
+      [sys.executable, '-m', 'l2jax.main', f'--config={config}', *workdir,
+       *overrides],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
