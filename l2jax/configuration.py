@@ -1,10 +1,16 @@
 """Checks a config once, before any work, with one-line messages."""
 
+import math
 import numbers
 import os
 
+import jax
+import jax.numpy as jnp
+
+from l2jax import data
 from l2jax import models
 from l2jax import optim
+from l2jax import regularization
 from l2jax.errors import ConfigError
 
 
@@ -19,10 +25,12 @@ def _number(config, name: str, low=None, high=None, integer=False,
   for part in name.split('.'):
     value = value[part]
   kind = numbers.Integral if integer else numbers.Real
-  _require(isinstance(value, kind) and not isinstance(value, bool),
-           f'config.{name}={value!r} must be {"an integer" if integer else "a number"}')
-  interval = (('(' if low_open else '[') + f'{low}, {high}' +
-              (')' if high_open else ']'))
+  _require(isinstance(value, kind) and not isinstance(value, bool)
+           and math.isfinite(value),
+           f'config.{name}={value!r} must be '
+           f'{"an integer" if integer else "a finite number"}')
+  upper = 'inf)' if high is None else f'{high}' + (')' if high_open else ']')
+  interval = ('(' if low_open else '[') + f'{low}, {upper}'
   _require(low is None or (value > low if low_open else value >= low),
            f'config.{name}={value!r} must lie in {interval}')
   _require(high is None or (value < high if high_open else value <= high),
@@ -38,6 +46,10 @@ def validate(config, num_devices: int) -> None:
   """Raises ConfigError naming the first value that cannot be run."""
   _require(isinstance(config.dataset, str) and config.dataset,
            'config.dataset is empty; name a TFDS data set or folder:PATH')
+  for name in ('data_dir', 'manual_dir'):
+    _require(not (config.dataset.startswith(data.FOLDER_PREFIX) and config[name]),
+             f'config.{name}={config[name]!r} has no effect with '
+             f'config.dataset={config.dataset}; it is for TFDS data sets')
   _choice(config.model, 'model', tuple(models.MODELS))
   _choice(config.optimizer, 'optimizer', optim.OPTIMIZERS)
   _choice(config.schedule, 'schedule', optim.SCHEDULES)
@@ -49,10 +61,14 @@ def validate(config, num_devices: int) -> None:
            f'config.l2.weight={config.l2.weight} has no effect with '
            'config.l2.mode=none; set the weight to 0 or choose a mode')
   _regularizers(config)
+  _check_masks(config)
   _number(config, 'learning_rate', low=0, low_open=True)
   _number(config, 'momentum', low=0, high=1, high_open=True)
   _require(not config.nesterov or config.momentum > 0,
            'config.nesterov=True needs config.momentum > 0')
+  _require(not config.nesterov or config.optimizer == 'sgd',
+           f'config.nesterov=True has no effect with '
+           f'config.optimizer={config.optimizer}; it is for sgd')
   _number(config, 'adam.b1', low=0, high=1, high_open=True)
   _number(config, 'adam.b2', low=0, high=1, high_open=True)
   _number(config, 'adam.eps', low=0)
@@ -71,6 +87,13 @@ def validate(config, num_devices: int) -> None:
                for b in config.step_boundaries),
            f'config.step_boundaries={tuple(config.step_boundaries)} must be '
            'fractions of training in (0, 1)')
+  _require(config.schedule != 'step' or all(
+      b * config.num_epochs > config.warmup_epochs
+      for b in config.step_boundaries),
+           f'config.step_boundaries={tuple(config.step_boundaries)} has a '
+           'boundary within the warmup (config.warmup_epochs='
+           f'{config.warmup_epochs} of config.num_epochs={config.num_epochs}); '
+           'put every boundary after it')
   _number(config, 'step_decay', low=0)
   _number(config, 'validation_fraction', low=0, high=1, high_open=True)
   _number(config, 'max_train_examples', low=0, integer=True)
@@ -111,3 +134,18 @@ def _regularizers(config) -> None:
   _require(not init_from or os.path.exists(os.path.expanduser(init_from)),
            f'config.l2sp.init_from={init_from} does not exist; name the '
            'workdir of an earlier run or one of its checkpoints')
+
+
+def _check_masks(config) -> None:
+  """Each mask in use must be a regex that selects a parameter of the model."""
+  model = models.create_model(config.model, num_classes=10)
+  # Parameter paths depend on neither the image size nor the class count.
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
+  for name, in_use in (('l2', True), ('l1', config.l1.weight),
+                       ('l2sp', config.l2sp.weight)):
+    if in_use:
+      spec = config[name].mask
+      regularization.check_mask_selects_something(
+          regularization.decay_mask(spec, f'{name}.mask'), params, spec,
+          f'{name}.mask')

@@ -8,6 +8,7 @@ Normalization and augmentation happen on the device (`l2jax.augment`).
 
 import dataclasses
 import os
+import re
 import socket
 from typing import Iterator, Optional
 
@@ -17,6 +18,7 @@ import tensorflow_datasets as tfds
 from l2jax.errors import ConfigError, DataError
 
 FOLDER_PREFIX = 'folder:'
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')  # The files ImageFolder reads.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,26 +87,83 @@ def _read_split(builder, split: str) -> Split:
 
 def _load_folder(path: str):
   root = os.path.abspath(os.path.expanduser(path))
-  for split in ('train', 'test'):
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-      raise DataError(
-          f'folder data set {root} has no {split}/ folder; it needs '
-          f'{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg')
-    if not any(os.scandir(split_dir)):
-      raise DataError(f'{split_dir} is empty; put one subfolder per class in it')
+  _check_folder_layout(root)
   builder = tfds.folder_dataset.ImageFolder(root)
   splits = []
   for split in ('train', 'test'):
     try:
       splits.append(_read_split(builder, split))
     except Exception as e:  # TF reports mixed sizes and bad files variously.
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
-      raise DataError(
-          f'cannot read the images in {os.path.join(root, split)} '
-          f'({type(e).__name__}: {first_line}); every image must decode and '
-          'all must have one size') from e
+      raise DataError(_name_bad_image(os.path.join(root, split),
+                                      builder.info.features['image'])) from e
   return splits[0], splits[1], builder.info.features['label'].num_classes
+
+
+def _check_folder_layout(root: str) -> None:
+  """Raises DataError naming the first part of `root` that ImageFolder would
+  read wrongly: a missing or empty split, a file among the class folders, a
+  class folder without images, or classes that differ between the splits."""
+  classes = {}
+  for split in ('train', 'test'):
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      raise DataError(
+          f'folder data set {root} has no {split}/ folder; it needs '
+          f'{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg')
+    # ImageFolder takes every folder as a class, hidden ones too, and skips
+    # files silently: a stray one (hidden ones aside) means a wrong layout.
+    entries = [e for e in os.scandir(split_dir)
+               if e.is_dir() or not e.name.startswith('.')]
+    if not entries:
+      raise DataError(f'{split_dir} is empty; put one subfolder per class in it')
+    for entry in sorted(entries, key=lambda e: e.name):
+      if not entry.is_dir():
+        raise DataError(
+            f'{entry.path} is a file; {split_dir} must hold only one folder '
+            'per class, with the images inside')
+      if not any(name.lower().endswith(IMAGE_SUFFIXES)
+                 for name in os.listdir(entry.path)):
+        raise DataError(
+            f'class folder {entry.path} holds no {"/".join(IMAGE_SUFFIXES)} '
+            'image; add its images or remove the folder')
+    classes[split] = {e.name for e in entries}
+  if classes['train'] != classes['test']:
+    only = {split: ', '.join(sorted(classes[split] - classes[other])) or 'none'
+            for split, other in (('train', 'test'), ('test', 'train'))}
+    raise DataError(
+        f'{root}/train and {root}/test hold different classes (only in train: '
+        f'{only["train"]}; only in test: {only["test"]}); give both splits the '
+        'same class folders')
+
+
+def _name_bad_image(split_dir: str, image_feature) -> str:
+  """The message for a split that did not decode: names the first image that
+  does not decode, or that differs in size from the first, as ImageFolder
+  decodes them (`image_feature`)."""
+  import tensorflow as tf  # Slow to import; TFDS imports it when it reads.
+  first = None
+  for class_dir in sorted(os.scandir(split_dir), key=lambda e: e.name):
+    if not class_dir.is_dir():
+      continue
+    for name in sorted(os.listdir(class_dir.path)):
+      if not name.lower().endswith(IMAGE_SUFFIXES):
+        continue
+      path = os.path.join(class_dir.path, name)
+      try:
+        shape = tuple(image_feature.decode_example(tf.io.read_file(path)).shape)
+      except tf.errors.OpError as e:
+        # TF's message, less its graph-node prefix and op suffix.
+        reason = re.sub(r'\{\{.*?\}\}|\[Op:.*', '', e.message).split('\n')[0]
+        return (f'cannot decode the image {path} ({reason.strip()}); replace '
+                'or remove it')
+      if first is None:
+        first = (path, shape)
+      elif shape[:2] != first[1][:2]:
+        return (f'the image {path} is {shape[0]}x{shape[1]} pixels (height x '
+                f'width) but {first[0]} is {first[1][0]}x{first[1][1]}; all '
+                'images of a folder data set must have one size')
+  return (f'cannot read the images in {split_dir}; every image must decode '
+          'and all must have one size')
 
 
 def _can_reach_tfds_hosts(timeout: float = 5.0) -> bool:

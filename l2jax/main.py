@@ -13,6 +13,7 @@ JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU).
 import logging as std_logging
 import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -23,7 +24,7 @@ import tensorflow_datasets as tfds
 
 from l2jax import configuration
 from l2jax import train
-from l2jax.errors import L2JaxError
+from l2jax.errors import ConfigError, L2JaxError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where metrics, curves and checkpoints go.')
@@ -65,9 +66,61 @@ def _only_l2jax_info(record) -> bool:
       f'{os.sep}l2jax{os.sep}' in record.pathname)
 
 
+def _fail(message: str):
+  sys.exit(f'l2jax: error: {message}')
+
+
+def _unknown_key(error: Exception, argv) -> str | None:
+  """The message for an override that names no key of the config (config_flags
+  raises a KeyError, bare or in an AttributeError); None for other errors."""
+  if isinstance(error, AttributeError) and isinstance(
+      error.args[0] if error.args else None, KeyError):
+    error = error.args[0]
+  if not (isinstance(error, KeyError) and error.args
+          and isinstance(error.args[0], str)):
+    return None
+  key, *hint = error.args[0].splitlines()  # 'wieght', Did you mean "weight"?
+  flag = next((a.split('=')[0] for a in argv[1:] if a.startswith('--config.')
+               and key.strip("'") in a.split('=')[0].split('.')), '--config')
+  return (f'{flag}: the config has no key {key}'
+          + (f' ({hint[0]})' if hint else '')
+          + '; see the keys in the --config file')
+
+
+def parse_flags(argv):
+  """absl's parsing, with a wrong flag or config file reported in one line."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.lock()  # A config file that failed to load raises on first use.
+  except flags.Error as e:
+    _fail(str(e))
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()  # [Errno 2] No such file...
+    _fail(f'cannot load the config file ({reason}); pass '
+          '--config=configs/<name>.py')
+  except (AttributeError, KeyError) as e:
+    message = _unknown_key(e, argv)
+    if message is None:
+      raise
+    _fail(message)
+  if len(rest) > 1:
+    _fail(f'unexpected arguments: {" ".join(rest[1:])}; overrides take the '
+          'form --config.KEY=VALUE')
+  return rest
+
+
+def make_workdir(path: str) -> None:
+  """Creates `path` if need be; a folder that cannot be written is an error."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    tempfile.TemporaryFile(dir=path).close()
+  except OSError as e:
+    raise ConfigError(f'--workdir={path} cannot be written to ({e.strerror}); '
+                      'name a folder you can write in') from e
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # parse_flags has refused any.
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_only_l2jax_info)
   if not sys.stderr.isatty():
@@ -75,11 +128,11 @@ def main(argv):
   try:
     initialize_distributed()
     configuration.validate(FLAGS.config, jax.device_count())
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    make_workdir(FLAGS.workdir)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except L2JaxError as e:
-    sys.exit(f'l2jax: error: {e}')
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

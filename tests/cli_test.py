@@ -1,12 +1,16 @@
 """`python -m l2jax.main` end to end, on the real data in ../shared/data."""
 
+import concurrent.futures
 import json
 import os
 import pathlib
 import re
+import shutil
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from conftest import assert_clean_error
@@ -14,6 +18,7 @@ from conftest import final_params
 from conftest import read_jsonl
 from conftest import run_cli
 from conftest import TIMING_KEYS
+from conftest import write_folder
 
 FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 PER_EPOCH_KEYS = {
@@ -90,24 +95,137 @@ def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path):
                                  rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize('override, devices, fragments', [
-    ('--config.l2.mode=twice', 1, ['config.l2.mode', 'decoupled']),
-    ('--config.l2.weight=-0.001', 1, ['config.l2.weight', '[0,']),
-    ('--config.dataset=cifar11', 1, ["'cifar11'", 'folder:PATH']),
-    ('--config.dataset=folder:/nonexistent/cifar', 1,
-     ['/nonexistent/cifar', 'train/']),
-    ('--config.batch_size=127', 2, ['config.batch_size=127', '2 devices']),
-    ('--config.l2.mask=BatchNorm', 1, ['matches no parameter']),
-])
-def test_bad_values_stop_with_one_line(cifar_small, tmp_path, override, devices,
-                                       fragments):
-  earlier = tmp_path / 'metrics.jsonl'
-  earlier.write_text('{"epoch": 1}\n')
-  dataset = ([] if '--config.dataset' in override
-             else [f'--config.dataset=folder:{cifar_small}'])
-  result = run_cli(tmp_path, *dataset, override, devices=devices)
-  assert_clean_error(result, 'l2jax: error:', *fragments)
-  assert earlier.read_text() == '{"epoch": 1}\n'  # Nothing written is lost.
+class BadInput(NamedTuple):
+  """One wrong input to the CLI and the fragments its one-line error must hold.
+
+  `{data}` in arguments and fragments is the case's copy of a tiny image
+  folder (`write_folder`), after `breaks` has damaged it; `{workdir}` is a
+  workdir holding an earlier metrics.jsonl. The run reads the folder unless
+  the case names another --config.dataset.
+  """
+  name: str
+  arguments: tuple
+  fragments: tuple
+  breaks: Optional[Callable] = None
+  workdir: Optional[str] = '{workdir}'
+  config: str = 'configs/cifar.py'
+  devices: int = 1
+
+
+def _write_image(path, shape):
+  Image.fromarray(np.zeros(shape, np.uint8)).save(path)
+
+
+def _empty(folder):
+  shutil.rmtree(folder)
+  folder.mkdir()
+
+
+BAD_INPUTS = [
+    # Flags and the config file.
+    BadInput('unknown key', ('--config.l2.wieght=1',),
+             ('--config.l2.wieght:', "no key 'wieght'", 'Did you mean "weight"')),
+    BadInput('not an integer', ('--config.num_epochs=abc',),
+             ('--config.num_epochs=abc', 'invalid literal for int()')),
+    BadInput('not a boolean', ('--config.augment=maybe',),
+             ('--config.augment=maybe', 'Non-boolean')),
+    BadInput('no config file', (), ('cannot load the config file',
+                                    'configs/missing.py'),
+             config='configs/missing.py'),
+    BadInput('no workdir', (), ('--workdir', 'must have a value'), workdir=None),
+    BadInput('a stray argument', ('epochs=3',),
+             ('unexpected arguments: epochs=3', '--config.KEY=VALUE')),
+    # Values out of range or not among the choices.
+    BadInput('no epochs', ('--config.num_epochs=0',),
+             ('config.num_epochs=0 must lie in [1, inf)',)),
+    BadInput('infinite learning rate', ('--config.learning_rate=inf',),
+             ('config.learning_rate=inf must be a finite number',)),
+    BadInput('unknown optimizer', ('--config.optimizer=lamb',),
+             ("config.optimizer='lamb' is not one of sgd, adam",)),
+    BadInput('validation is all of train', ('--config.validation_fraction=1',),
+             ('config.validation_fraction=1.0 must lie in [0, 1)',)),
+    BadInput('invalid mask regex', ('--config.l2.mask=(',),
+             ("config.l2.mask='('", 'not a valid regular expression')),
+    # Combinations.
+    BadInput('L2 weight without a mode', ('--config.l2.mode=none',),
+             ('config.l2.weight=0.0005 has no effect', 'config.l2.mode=none')),
+    BadInput('warmup as long as training',
+             ('--config.warmup_epochs=3', '--config.num_epochs=3'),
+             ('config.warmup_epochs=3.0', 'config.num_epochs=3')),
+    BadInput('mask matching no parameter', ('--config.l2.mask=BatchNorm',),
+             ("config.l2.mask='BatchNorm' matches no parameter",
+              'Conv_0/kernel')),
+    BadInput('manual_dir with a folder', ('--config.manual_dir=/tmp',),
+             ("config.manual_dir='/tmp' has no effect",)),
+    BadInput('batch not divisible by devices', ('--config.batch_size=127',),
+             ('config.batch_size=127', '2 devices'), devices=2),
+    BadInput('batch larger than the data', ('--config.batch_size=64',),
+             ('config.batch_size=64', 'the 5 training examples')),
+    # Paths and data.
+    BadInput('workdir inside a file', (),
+             ('--workdir={workdir}/metrics.jsonl/run', 'Not a directory'),
+             workdir='{workdir}/metrics.jsonl/run'),
+    BadInput('unknown TFDS name', ('--config.dataset=cifar11',),
+             ("config.dataset='cifar11'", 'folder:PATH')),
+    BadInput('no such folder', ('--config.dataset=folder:{data}/elsewhere',),
+             ('{data}/elsewhere has no train/ folder',)),
+    BadInput('no test split', (), ('{data} has no test/ folder',),
+             breaks=lambda data: shutil.rmtree(data / 'test')),
+    BadInput('empty split', (), ('{data}/test is empty',),
+             breaks=lambda data: _empty(data / 'test')),
+    BadInput('class without images', (),
+             ('class folder {data}/train/dog holds no', 'image'),
+             breaks=lambda data: _empty(data / 'train/dog')),
+    BadInput('classes differ', (), ('only in train: dog', 'only in test: cow'),
+             breaks=lambda data: (data / 'test/dog').rename(data / 'test/cow')),
+    BadInput('a file among the classes', (), ('{data}/train/notes.txt is a file',),
+             breaks=lambda data: (data / 'train/notes.txt').write_text('cats')),
+    BadInput('corrupt image', (),
+             ('cannot decode the image {data}/train/dog/3.jpg',),
+             breaks=lambda data: (data / 'train/dog/3.jpg').write_bytes(
+                 b'\xff' * 99)),
+    BadInput('images of two sizes', (),
+             ('{data}/train/dog/1.png is 7x6 pixels', 'one size'),
+             breaks=lambda data: _write_image(data / 'train/dog/1.png', (7, 6, 3))),
+]
+EARLIER = '{"epoch": 1}\n'
+
+
+@pytest.fixture(scope='module')
+def bad_input_runs(tmp_path_factory):
+  """{case name: (CLI result, workdir, data folder)} for BAD_INPUTS.
+
+  Each run fails before training, in seconds that go mostly to importing JAX
+  and TF, so they run side by side.
+  """
+  def run(case):
+    root = tmp_path_factory.mktemp('bad')
+    data_root, workdir = root / 'data', root / 'workdir'
+    write_folder(data_root)
+    if case.breaks:
+      case.breaks(data_root)
+    workdir.mkdir()
+    (workdir / 'metrics.jsonl').write_text(EARLIER)
+    fill = lambda text: text.format(data=data_root, workdir=workdir)
+    arguments = [fill(a) for a in case.arguments]
+    if not any(a.startswith('--config.dataset=') for a in arguments):
+      arguments.insert(0, f'--config.dataset=folder:{data_root}')
+    result = run_cli(case.workdir and fill(case.workdir), *arguments,
+                     devices=case.devices, config=case.config, timeout=300)
+    return result, workdir, data_root
+
+  with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count())) as pool:
+    return dict(zip((c.name for c in BAD_INPUTS), pool.map(run, BAD_INPUTS)))
+
+
+@pytest.mark.parametrize('case', BAD_INPUTS, ids=lambda c: c.name)
+def test_bad_input_stops_with_one_line(bad_input_runs, case):
+  result, workdir, data_root = bad_input_runs[case.name]
+  assert_clean_error(result, 'l2jax: error:', *(
+      f.format(data=data_root, workdir=workdir) for f in case.fragments))
+  # Nothing written before is lost, and nothing new is written.
+  assert os.listdir(workdir) == ['metrics.jsonl']
+  assert (workdir / 'metrics.jsonl').read_text() == EARLIER
 
 
 def test_divergence_stops_naming_the_step_and_keeps_finite_results(

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real CIFAR-10 copy from ../shared/data, and the CLI."""
+"""Shared fixtures: the real CIFAR-10 copy from ../shared/data, a tiny image
+folder, and the CLI."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import tarfile
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from PIL import Image
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -54,14 +56,33 @@ def small_params() -> dict:
                       'bias': jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
 
 
+def write_folder(root, sizes=None):
+  """root/{train,test}/{cat,dog}/*.png with known pixels: 3 train and 2 test
+  images a class, 6x6 unless `sizes` maps (split, class, i) to another shape.
+  Returns {(split, pixel bytes): label}."""
+  rng = np.random.default_rng(1)
+  written = {}
+  for split, n in (('train', 3), ('test', 2)):
+    for label, name in enumerate(('cat', 'dog')):
+      (root / split / name).mkdir(parents=True)
+      for i in range(n):
+        shape = (sizes or {}).get((split, name, i), (6, 6, 3))
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{i}.png')
+        written[(split, pixels.tobytes())] = label
+  return written
+
+
 def cli(workdir, *overrides, devices: int = 1,
         config='configs/cifar.py') -> dict:
-  """subprocess arguments for `python -m l2jax.main` with `devices` CPU devices."""
+  """subprocess arguments for `python -m l2jax.main` with `devices` CPU
+  devices (without --workdir when `workdir` is None)."""
   env = dict(os.environ,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  workdir = [] if workdir is None else [f'--workdir={workdir}']
   return dict(args=[sys.executable, '-m', 'l2jax.main', f'--config={config}',
-                    f'--workdir={workdir}', *overrides],
+                    *workdir, *overrides],
               cwd=REPO, env=env, text=True)
 
 

@@ -4,8 +4,8 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import write_folder
 from l2jax import augment
 from l2jax import data
 from l2jax.errors import ConfigError, DataError
@@ -86,21 +86,6 @@ def test_crop_and_flip_is_a_shifted_window_of_the_padded_image():
     found.append(matches[0])
   assert {f[2] for f in found} == {False, True}
   assert len({f[:2] for f in found}) > 40  # Offsets spread over the 81.
-
-
-def write_folder(root, sizes=None):
-  """root/{train,test}/{cat,dog}/*.png with known pixels."""
-  rng = np.random.default_rng(1)
-  written = {}
-  for split, n in (('train', 3), ('test', 2)):
-    for label, name in enumerate(('cat', 'dog')):
-      (root / split / name).mkdir(parents=True)
-      for i in range(n):
-        shape = (sizes or {}).get((split, name, i), (6, 6, 3))
-        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        Image.fromarray(pixels).save(root / split / name / f'{i}.png')
-        written[(split, pixels.tobytes())] = label
-  return written
 
 
 def folder_config(path):
