@@ -24,7 +24,9 @@ def get_config():
   config.max_train_examples = 0  # 0 = all.
   config.augment = True  # Random crop after 4-pixel padding, horizontal flip.
 
-  config.model = 'seed_cnn'
+  config.model = 'seed_cnn'  # seed_cnn | seed_cnn_narrow | vgg11 | vgg16 | resnet20
+  config.batch_norm = False  # After each convolution (resnet20: always).
+  config.dropout = 0.0  # Before the last Dense layer.
 
   # Optimizer: the update direction, and α_t = learning_rate · η_t.
   config.optimizer = 'sgd'  # sgd | adam

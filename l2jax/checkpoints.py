@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run, under the global step, in workdir/checkpoints.
 
-Each checkpoint holds the train state ({params, opt_state, step}) and, as
+Each checkpoint holds the train state ({params, opt_state, step,
+batch_stats}) and, as
 JSON, the run's config and the step metrics of the epoch in progress. The
 data order and the random keys derive from (seed, epoch, step), so that is
 all a resumed run needs to go on exactly as if it had not stopped.
@@ -19,7 +20,8 @@ import orbax.checkpoint as ocp
 
 from l2jax.errors import ConfigError, L2JaxError
 
-# The folder of a checkpoint holding {params, opt_state, step}: `save`'s
+# The folder of a checkpoint holding {params, opt_state, step,
+# batch_stats}: `save`'s
 # `state` item.
 STATE = 'state'
 # Config values a resumed run may change: where data and outputs live and
@@ -123,7 +125,7 @@ class Checkpointer:
 
 def _contents(state: train_state.TrainState) -> dict:
   return {'params': state.params, 'opt_state': state.opt_state,
-          'step': state.step}
+          'step': state.step, 'batch_stats': state.batch_stats}
 
 
 def _jsonable(tree):

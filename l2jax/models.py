@@ -1,5 +1,6 @@
 """Image classifiers as flax linen modules, chosen by `config.model`."""
 
+import dataclasses
 import functools
 from typing import Optional, Sequence
 
@@ -20,6 +21,8 @@ class SeedCNN(nn.Module):
   `intermediates/features` (for activity L2; apply with
   ``mutable=['intermediates']`` to read them).
   `conv_features` and `hidden` give the widths (the seeds': (64, 128), 1024).
+  `batch_norm` puts BatchNorm between each convolution (then without bias)
+  and its ReLU; `dropout` drops features before the last Dense layer.
   `impl` picks how convolutions and pooling are computed, with the same
   values and parameters: 'xla' (nn.Conv, nn.max_pool), 'cpu' (l2jax.layers'
   custom gradients, fast on XLA's CPU backend), 'auto' ('cpu' when JAX's
@@ -28,19 +31,24 @@ class SeedCNN(nn.Module):
   num_classes: int
   conv_features: Sequence[int] = (64, 128)
   hidden: int = 1024
+  batch_norm: bool = False
+  dropout: float = 0.0
+  axis_name: Optional[str] = 'batch'
   impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    del train  # No dropout or batch norm in this network.
     conv_fn, pool = _conv_and_pool(self.impl)
     for features in self.conv_features:
-      x = nn.Conv(features, (3, 3), padding='SAME',
+      x = nn.Conv(features, (3, 3), padding='SAME', use_bias=not self.batch_norm,
                   conv_general_dilated=conv_fn)(x)
+      if self.batch_norm:
+        x = _batch_norm(train, self.axis_name)(x)
       x = pool(nn.relu(x))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden)(x))
     self.sow('intermediates', 'features', x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
 
 
@@ -160,5 +168,16 @@ MODELS = {
 
 
 def create_model(name: str, num_classes: int, **options) -> nn.Module:
-  """`options`: the model's fields (impl, batch_norm, dropout, ...)."""
-  return MODELS[name](num_classes=num_classes, **options)
+  """`options`: values of the model's fields (impl, batch_norm, dropout,
+  axis_name); those it has no field for are left out (resnet20 always has
+  batch norm)."""
+  model = MODELS[name]
+  fields = {f.name for f in dataclasses.fields(getattr(model, 'func', model))}
+  return model(num_classes=num_classes,
+               **{k: v for k, v in options.items() if k in fields})
+
+
+def from_config(config, num_classes: int) -> nn.Module:
+  """`config.model` with `config.batch_norm` and `config.dropout`."""
+  return create_model(config.model, num_classes, batch_norm=config.batch_norm,
+                      dropout=config.dropout)

@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from absl import logging
 import flax
@@ -29,6 +29,14 @@ from l2jax import regularization
 from l2jax.errors import ConfigError, DivergenceError, L2JaxError
 
 AXIS = 'batch'
+# Folded into keys: one stream for dropout, one for the evaluation noise.
+DROPOUT_STREAM, NOISE_STREAM = 2, 1
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState and the model's batch statistics ({} without
+  batch norm), which training updates and evaluation uses."""
+  batch_stats: Any
 
 
 def initialize(config, model, image_shape, steps_per_epoch: int, rng):
@@ -39,8 +47,9 @@ def initialize(config, model, image_shape, steps_per_epoch: int, rng):
   which are then also the L2-SP anchor w₀. Every mask in use must select
   something.
   """
-  params = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
-                      train=False)['params']
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
+                         train=False)
+  params = variables['params']
   anchor = None
   if config.l2sp.init_from:
     params, anchor = pretrained.start_from(
@@ -55,8 +64,8 @@ def initialize(config, model, image_shape, steps_per_epoch: int, rng):
     masks.append((penalties.l2sp_mask, config.l2sp.mask, 'l2sp.mask'))
   for mask_fn, spec, name in masks:
     regularization.check_mask_selects_something(mask_fn, params, spec, name)
-  state = train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                        tx=tx)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                            batch_stats=variables.get('batch_stats', {}))
   return state, learning_rate, penalties
 
 
@@ -66,11 +75,15 @@ def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
 
   images: (b, H, W, C) uint8; labels: (b,) int. The per-example augmentation
   key depends on the example's position in the global batch and the step, so
-  the run does not depend on the number of devices. The loss is the data loss
-  plus `penalties`' terms; each term is also a metric.
+  the run does not depend on the number of devices. Dropout's key is the
+  step's and the device's, so dropout masks do depend on it. Batch norm's
+  statistics are over the global batch (`models._batch_norm`). The loss is
+  the data loss plus `penalties`' terms; each term is also a metric.
   """
+  step_key = jax.random.fold_in(rng, state.step)
+  dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, DROPOUT_STREAM),
+                                   jax.lax.axis_index(AXIS))
   if augment_images:
-    step_key = jax.random.fold_in(rng, state.step)
     position = jax.lax.axis_index(AXIS) * labels.shape[0] + jnp.arange(
         labels.shape[0])
     keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, position)
@@ -78,16 +91,17 @@ def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
   x = augment.normalize(images, mean, std)
 
   def loss_fn(params):
-    logits, terms = apply_with_penalties(state.apply_fn, params, x, penalties)
+    logits, terms, batch_stats = apply_with_penalties(
+        state.apply_fn, params, state.batch_stats, x, penalties, dropout_key)
     data_loss = optax.softmax_cross_entropy_with_integer_labels(
         logits, labels).mean()
     loss = data_loss + sum(terms.values(), jnp.zeros(()))
-    return loss, (data_loss, logits, terms)
+    return loss, (data_loss, logits, terms, batch_stats)
 
-  (loss, (data_loss, logits, terms)), grads = jax.value_and_grad(
+  (loss, (data_loss, logits, terms, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
-  state = state.apply_gradients(grads=grads)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   # Weight penalties are measured at epoch end (`weight_measures`); only the
   # activity penalty, which depends on the batch, is a step metric.
   metrics = {'train_loss': loss, 'data_loss': data_loss,
@@ -96,23 +110,28 @@ def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
   return state, jax.lax.pmean(metrics, AXIS)
 
 
-def apply_with_penalties(apply_fn, params, x, penalties):
-  """Logits, and the loss's penalty terms by metric name.
+def apply_with_penalties(apply_fn, params, batch_stats, x, penalties,
+                         dropout_key):
+  """Logits, the loss's penalty terms by metric name, and the updated batch
+  statistics, in training mode.
 
   The activity penalty reads the model's sown `intermediates/features`.
   """
   terms = penalties.weight_terms(params)
-  if not penalties.activity_weight:
-    return apply_fn({'params': params}, x, train=True), terms
-  logits, state = apply_fn({'params': params}, x, train=True,
-                           mutable=['intermediates'])
-  features = state.get('intermediates', {}).get('features')
-  if features is None:
-    raise ConfigError('config.activity_l2.weight needs a model that sows its '
-                      "penultimate features as 'features'; this one does not")
-  terms['activity_penalty'] = regularization.activity_penalty(
-      features[0], penalties.activity_weight)
-  return logits, terms
+  mutable = ['batch_stats'] if batch_stats else []
+  if penalties.activity_weight:
+    mutable.append('intermediates')
+  logits, updates = apply_fn(
+      {'params': params, 'batch_stats': batch_stats}, x, train=True,
+      mutable=mutable, rngs={'dropout': dropout_key})
+  if penalties.activity_weight:
+    features = updates.get('intermediates', {}).get('features')
+    if features is None:
+      raise ConfigError('config.activity_l2.weight needs a model that sows its '
+                        "penultimate features as 'features'; this one does not")
+    terms['activity_penalty'] = regularization.activity_penalty(
+        features[0], penalties.activity_weight)
+  return logits, terms, updates.get('batch_stats', batch_stats)
 
 
 def eval_sums(logits, labels, weights) -> dict:
@@ -124,14 +143,17 @@ def eval_sums(logits, labels, weights) -> dict:
   return jax.lax.psum(sums, AXIS)
 
 
-def eval_step(params, images, labels, weights, *, apply_fn, mean, std):
-  """Sums of loss, correct predictions and examples over all devices."""
-  logits = apply_fn({'params': params}, augment.normalize(images, mean, std),
+def eval_step(variables, images, labels, weights, *, apply_fn, mean, std):
+  """Sums of loss, correct predictions and examples over all devices.
+
+  `variables`: {'params', 'batch_stats'}, as `eval_variables` gives them.
+  """
+  logits = apply_fn(variables, augment.normalize(images, mean, std),
                     train=False)
   return eval_sums(logits, labels, weights)
 
 
-def noisy_eval_step(params, images, labels, weights, sigma, first_index, *,
+def noisy_eval_step(variables, images, labels, weights, sigma, first_index, *,
                     apply_fn, mean, std, key):
   """`eval_step` on clip(x / 255 + σ z, 0, 1): `augment.add_gaussian_noise`.
 
@@ -144,11 +166,15 @@ def noisy_eval_step(params, images, labels, weights, sigma, first_index, *,
   keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
   x = augment.standardize(augment.add_gaussian_noise(keys, images, sigma),
                           mean, std)
-  return eval_sums(apply_fn({'params': params}, x, train=False), labels,
-                   weights)
+  return eval_sums(apply_fn(variables, x, train=False), labels, weights)
 
 
-def evaluate(p_eval_step, params, split, batch_size, num_devices,
+def eval_variables(state) -> dict:
+  """What evaluation applies the model to: parameters and batch statistics."""
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def evaluate(p_eval_step, variables, split, batch_size, num_devices,
              process=(0, 1), sigma=None) -> dict:
   """Loss and accuracy on `split`; with `sigma`, `p_eval_step` is a pmapped
   `noisy_eval_step` and the images carry noise of that σ."""
@@ -158,18 +184,16 @@ def evaluate(p_eval_step, params, split, batch_size, num_devices,
     if sigma is not None:
       batch += (np.full(num_devices, sigma, np.float32),
                 np.full(num_devices, number * batch_size, np.int32))
-    sums.append(p_eval_step(params, *batch))
+    sums.append(p_eval_step(variables, *batch))
   sums = jax.tree_util.tree_map(lambda *x: np.sum(x), *jax.device_get(
       [jax_utils.unreplicate(s) for s in sums]))
   return {'loss': float(sums['loss'] / sums['count']),
           'accuracy': float(sums['correct'] / sums['count'])}
 
 
-NOISE_STREAM = 1  # Folded into the seed's key for the evaluation noise.
-
-
-def noise_evaluation(config, apply_fn, mean, std, num_devices, process):
-  """Returns params, split → {'test_accuracy_noise<σ>': accuracy} for each
+def noise_evaluation(config, apply_fn, mean, std, num_devices,
+                     process=(0, 1)):
+  """Returns variables, split → {'test_accuracy_noise<σ>': accuracy} for each
   σ in `config.noise_sigmas`, with the same noise in every call."""
   p_step = jax.pmap(
       functools.partial(
@@ -177,9 +201,9 @@ def noise_evaluation(config, apply_fn, mean, std, num_devices, process):
           key=jax.random.fold_in(jax.random.key(config.seed), NOISE_STREAM)),
       axis_name=AXIS)
 
-  def accuracies(params, split) -> dict:
+  def accuracies(variables, split) -> dict:
     return {f'test_accuracy_noise{sigma:g}': evaluate(
-        p_step, params, split, config.eval_batch_size, num_devices, process,
+        p_step, variables, split, config.eval_batch_size, num_devices, process,
         sigma)['accuracy'] for sigma in config.noise_sigmas}
 
   return accuracies
@@ -318,7 +342,7 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
                len(dataset.train), len(dataset.validation or ()),
                len(dataset.test), dataset.image_shape, dataset.num_classes)
 
-  model = models.create_model(config.model, dataset.num_classes)
+  model = models.from_config(config, dataset.num_classes)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, learning_rate, penalties = initialize(
       config, model, dataset.image_shape, steps_per_epoch, init_rng)
@@ -380,10 +404,10 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
     if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
       for name, split in eval_splits.items():
         if split is not None:
-          result = evaluate(p_eval_step, state.params, split,
+          result = evaluate(p_eval_step, eval_variables(state), split,
                             config.eval_batch_size, num_devices, process)
           evaluations.update({f'{name}_{k}': v for k, v in result.items()})
-      evaluations.update(evaluate_noise(state.params, dataset.test))
+      evaluations.update(evaluate_noise(eval_variables(state), dataset.test))
     record = epoch_record(epoch, step, epoch_metrics, measures, evaluations,
                           float(learning_rate(step - 1)), epoch_seconds,
                           num_images)

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import assert_clean_error
 from conftest import final_params
+from conftest import final_state
 from conftest import read_jsonl
 from conftest import run_cli
 from conftest import TIMING_KEYS
@@ -71,13 +72,18 @@ def test_real_cifar_slice_learns_writes_every_output_and_resumes(
   assert read_jsonl(tmp_path / 'metrics.jsonl') == records
 
 
-def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path):
+@pytest.mark.parametrize('model', [
+    [],
+    # Batch norm's statistics are over the global batch: per-device
+    # statistics would differ from one device's by far more than rounding.
+    ['--config.model=seed_cnn_narrow', '--config.batch_norm=True']])
+def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path, model):
   # Two devices sum each gradient in another order, equal to float rounding.
   # At the default learning rate this batch size makes the first epoch's loss
   # spike, which grows those rounding differences to 1e-3; 0.01 trains stably.
   overrides = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
                '--config.max_train_examples=256', '--config.num_epochs=2',
-               '--config.augment=True', '--config.learning_rate=0.01']
+               '--config.augment=True', '--config.learning_rate=0.01', *model]
   runs = {}
   for devices in (1, 2):
     workdir = tmp_path / f'devices{devices}'
@@ -88,11 +94,11 @@ def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path):
   for a, b in zip(one, two, strict=True):
     for key in PER_EPOCH_KEYS - TIMING_KEYS:
       assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
-  p1, p2 = final_params(runs[1]), final_params(runs[2])
-  for layer in p1:
-    for name in p1[layer]:
-      np.testing.assert_allclose(p1[layer][name], p2[layer][name],
-                                 rtol=1e-3, atol=1e-5)
+  s1, s2 = final_state(runs[1]), final_state(runs[2])
+  assert jax.tree.structure(s1) == jax.tree.structure(s2)
+  for a, b in zip(jax.tree.leaves({k: s1[k] for k in ('params', 'batch_stats')}),
+                  jax.tree.leaves({k: s2[k] for k in ('params', 'batch_stats')})):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 class BadInput(NamedTuple):

@@ -98,11 +98,15 @@ def read_jsonl(path):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def final_params(workdir):
+def final_state(workdir) -> dict:
+  """The last checkpoint's {params, opt_state, step, batch_stats}."""
   checkpoints = workdir / 'checkpoints'
   last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-  restored = ocp.StandardCheckpointer().restore(checkpoints / str(last) / 'state')
-  return restored['params']
+  return ocp.StandardCheckpointer().restore(checkpoints / str(last) / 'state')
+
+
+def final_params(workdir):
+  return final_state(workdir)['params']
 
 
 def assert_clean_error(result, *fragments):

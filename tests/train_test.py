@@ -61,7 +61,7 @@ def test_noise_at_sigma_0_is_the_clean_accuracy_and_noise_is_fixed():
   n = jax.local_device_count()
   p_eval = jax.pmap(functools.partial(train.eval_step, apply_fn=model.apply,
                                       mean=mean, std=std), axis_name=train.AXIS)
-  replicated = train.replicate(params)
+  replicated = train.replicate({'params': params})
   clean = train.evaluate(p_eval, replicated, split, 16 * n, n)['accuracy']
   noisy = train.noise_evaluation(config, model.apply, mean, std, n)
   first = noisy(replicated, split)
@@ -84,7 +84,7 @@ def test_fine_tuning_with_every_regularizer_end_to_end(tmp_path):
   checkpointer = checkpoints.Checkpointer(str(tmp_path / 'source'), 1)
   source_state = train.initialize(config, source, (8, 8, 3), 2,
                                   jax.random.key(5))[0]
-  checkpointer.save(1, source_state)
+  checkpointer.save(1, source_state, config, {})
   checkpointer.close()
   config.l2.mode = 'loss'
   config.l1.weight, config.activity_l2.weight = 1e-4, 1e-3
@@ -107,3 +107,35 @@ def test_fine_tuning_with_every_regularizer_end_to_end(tmp_path):
   assert record['l2sp_penalty'] == pytest.approx(
       0.5 * 0.1 * record['l2sp_distance'] ** 2, rel=1e-4)
   assert record['l2sp_distance'] > 0
+
+
+@pytest.mark.parametrize('name, options', [
+    ('resnet20', {'dropout': 0.3}),
+    ('seed_cnn_narrow', {'batch_norm': True, 'dropout': 0.5})])
+def test_batch_norm_and_dropout_models_train_and_evaluate(tmp_path, name,
+                                                          options):
+  config = cifar.get_config()
+  config.update(model=name, batch_size=16, num_epochs=1, eval_batch_size=32,
+                noise_sigmas=(), augment=False, **options)
+  dataset = data_lib.Dataset(synthetic(10, 64, 1), None, synthetic(10, 32, 2),
+                             10)
+  summary = train.train_and_evaluate(config, str(tmp_path), dataset)
+  assert np.isfinite(summary['final']['test_loss'])
+  # Training moved the running statistics off their start (mean 0, var 1).
+  restored = checkpoints.Checkpointer(str(tmp_path), 1)
+  model = models.from_config(config, 10)
+  start, _, _ = train.initialize(config, model, (8, 8, 3), 4,
+                                 jax.random.key(0))
+  state, step, _ = restored.restore_latest(start)
+  restored.close()
+  assert step == 4
+  means = [v for path, v in jax.tree_util.tree_flatten_with_path(
+      state.batch_stats)[0] if path[-1].key == 'mean']
+  assert means and all(np.abs(m).max() > 0 for m in means)
+  # Evaluation uses those statistics and no dropout: deterministic, and
+  # independent of the batch it is in.
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  x = augment.normalize(dataset.test.images, *dataset.channel_stats())
+  whole = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(model.apply(variables, x[:5], train=False),
+                             whole[:5], rtol=1e-5, atol=1e-5)
