@@ -51,9 +51,11 @@ def write_summary(workdir: str, summary: dict) -> None:
 
 
 def plot_curves(workdir: str, records: list, title: str) -> None:
-  """Accuracy (train, val, test) and weight norm against epoch."""
+  """Accuracy (train, val, test), weight norm, and each kernel group's ‖w‖
+  and effective learning rate α/‖w‖², against epoch."""
   epochs = [r['epoch'] for r in records]
-  fig, (acc_ax, norm_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+  (acc_ax, norm_ax), (group_ax, lr_ax) = axes
   for key, label in (('train_accuracy', 'train'), ('val_accuracy', 'validation'),
                      ('test_accuracy', 'test')):
     points = [(r['epoch'], r[key]) for r in records if key in r]
@@ -64,7 +66,19 @@ def plot_curves(workdir: str, records: list, title: str) -> None:
   norm_ax.plot(epochs, [r['weight_norm'] for r in records], marker='o')
   norm_ax.set(xlabel='epoch', ylabel='‖w‖₂ (masked parameters)',
               title='weight norm')
-  for ax in (acc_ax, norm_ax):
+  groups = [k.split('/', 1)[1] for k in (records[0] if records else {})
+            if k.startswith('kernel_norm/')]
+  for ax, prefix, label in ((group_ax, 'kernel_norm/', '‖w‖₂'),
+                            (lr_ax, 'effective_lr/', 'α / ‖w‖²')):
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for group in groups:
+      ax.plot(epochs, [r[prefix + group] for r in records], marker='.',
+              label=group)
+    ax.set(xlabel='epoch', ylabel=label, yscale='log',
+           title=f'{label} by layer (kernels)')
+  if groups:
+    group_ax.legend(fontsize='small', ncol=2)
+  for ax in axes.flat:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.suptitle(title)
   fig.tight_layout()

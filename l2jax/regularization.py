@@ -100,6 +100,23 @@ def weight_norm(params, mask) -> jax.Array:
   return jnp.sqrt(squared_norm(params, mask))
 
 
+def kernel_norms(params) -> dict:
+  """{group: ‖w‖₂ of its kernels}, a group being a top-level module
+  (`Conv_0`, `ResidualBlock_4`, ...); groups without kernels are left out.
+
+  Before batch norm a kernel is scale-invariant: L2 does not regularize it
+  but sets ‖w‖, and with it the effective learning rate α/‖w‖² (van
+  Laarhoven 2017; Zhang et al., ICLR 2019).
+  """
+  norms = {}
+  for group, tree in params.items():
+    kernels = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
+        tree)[0] if param_path(path).rsplit('/', 1)[-1] == 'kernel']
+    if kernels:
+      norms[group] = jnp.sqrt(sum(jnp.sum(jnp.square(k)) for k in kernels))
+  return norms
+
+
 def l1_penalty(params, mask, weight: float) -> jax.Array:
   """λ₁ Σ |w| over the masked parameters."""
   return weight * masked_sum(jnp.abs, params, mask)

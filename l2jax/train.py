@@ -209,6 +209,9 @@ def noise_evaluation(config, apply_fn, mean, std, num_devices,
   return accuracies
 
 
+kernel_norms = jax.jit(regularization.kernel_norms)
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def weight_measures(params, penalties: regularization.Penalties):
   """`penalties.measures`: ‖w‖₂, the weight penalties, the sparsity."""
@@ -298,9 +301,13 @@ def epoch_record(epoch: int, step: int, epoch_metrics: dict, measures: dict,
                  epoch_seconds: float, num_images: int) -> dict:
   """One line of metrics.jsonl: the means of the epoch's step metrics, the
   weight measures, the evaluations and the timing."""
+  measures = {k: float(v) for k, v in measures.items()}
   return {'epoch': epoch, 'step': step,
           **{k: float(np.mean(v)) for k, v in epoch_metrics.items()},
-          **{k: float(v) for k, v in measures.items()},
+          **measures,
+          # α_t / ‖w‖² per group of kernels (see `kernel_norms`).
+          **{'effective_lr/' + k.split('/', 1)[1]: learning_rate / v ** 2
+             for k, v in measures.items() if k.startswith('kernel_norm/')},
           **evaluations, 'learning_rate': learning_rate,
           'epoch_seconds': epoch_seconds,
           'images_per_second': num_images / epoch_seconds}
@@ -374,7 +381,9 @@ def _train(config, workdir, dataset, checkpointer) -> dict:
     nonlocal last_checkpoint
     # On the host: orbax saves NumPy arrays from process 0 alone.
     host_state = jax.device_get(jax_utils.unreplicate(state))
-    measures = weight_measures(host_state.params, penalties)
+    measures = {**weight_measures(host_state.params, penalties),
+                **{f'kernel_norm/{group}': norm for group, norm in
+                   kernel_norms(host_state.params).items()}}
     check_finite(epoch_metrics['train_loss'],
                  (step - 1) // steps_per_epoch * steps_per_epoch,
                  measures['weight_norm'], learning_rate, last_checkpoint)

@@ -134,3 +134,21 @@ def test_activity_penalty_reaches_the_penultimate_features_only():
     np.testing.assert_array_equal(grads['Dense_1'][name], 0.0)
   assert np.abs(grads['Dense_0']['kernel']).max() > 0
   assert np.abs(grads['Conv_0']['kernel']).max() > 0
+
+
+def test_kernel_norms_per_top_level_module_match_numpy():
+  rng = np.random.default_rng(3)
+  params = {
+      'Conv_0': {'kernel': rng.normal(size=(3, 3, 2, 4)), 'bias': np.ones(4)},
+      'Block_0': {'Conv_0': {'kernel': rng.normal(size=(3, 3, 4, 4))},
+                  'Conv_1': {'kernel': rng.normal(size=(3, 3, 4, 4))},
+                  'BatchNorm_0': {'scale': np.ones(4), 'bias': np.zeros(4)}},
+      'BatchNorm_0': {'scale': np.ones(4), 'bias': np.zeros(4)}}
+  norms = regularization.kernel_norms(params)
+  assert set(norms) == {'Conv_0', 'Block_0'}
+  np.testing.assert_allclose(norms['Conv_0'],
+                             np.sqrt((params['Conv_0']['kernel'] ** 2).sum()))
+  block = params['Block_0']
+  np.testing.assert_allclose(norms['Block_0'], np.sqrt(
+      (block['Conv_0']['kernel'] ** 2).sum()
+      + (block['Conv_1']['kernel'] ** 2).sum()))

@@ -120,7 +120,14 @@ def test_batch_norm_and_dropout_models_train_and_evaluate(tmp_path, name,
   dataset = data_lib.Dataset(synthetic(10, 64, 1), None, synthetic(10, 32, 2),
                              10)
   summary = train.train_and_evaluate(config, str(tmp_path), dataset)
-  assert np.isfinite(summary['final']['test_loss'])
+  record = summary['final']
+  assert np.isfinite(record['test_loss'])
+  # The effective learning rate of each kernel group: α_t / ‖w‖².
+  groups = [k.split('/')[1] for k in record if k.startswith('kernel_norm/')]
+  assert 'Dense_0' in groups and len(groups) >= 3
+  for group in groups:
+    assert record['effective_lr/' + group] == pytest.approx(
+        record['learning_rate'] / record['kernel_norm/' + group] ** 2)
   # Training moved the running statistics off their start (mean 0, var 1).
   restored = checkpoints.Checkpointer(str(tmp_path), 1)
   model = models.from_config(config, 10)
