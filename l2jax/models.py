@@ -103,13 +103,16 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int
   axis_name: Optional[str]
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool):
+    conv_fn, _ = _conv_and_pool(self.impl)
     y = nn.Conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
-                use_bias=False)(x)
+                use_bias=False, conv_general_dilated=conv_fn)(x)
     y = nn.relu(_batch_norm(train, self.axis_name)(y))
-    y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False)(y)
+    y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False,
+                conv_general_dilated=conv_fn)(y)
     y = _batch_norm(train, self.axis_name)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = x[:, ::self.strides, ::self.strides]
@@ -129,15 +132,19 @@ class ResNet(nn.Module):
   blocks_per_stage: int = 3
   dropout: float = 0.0
   axis_name: Optional[str] = 'batch'
+  impl: str = 'auto'  # As SeedCNN's; the stride-2 convolutions are XLA's.
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = nn.Conv(16, (3, 3), padding='SAME', use_bias=False)(x)
+    conv_fn, _ = _conv_and_pool(self.impl)
+    x = nn.Conv(16, (3, 3), padding='SAME', use_bias=False,
+                conv_general_dilated=conv_fn)(x)
     x = nn.relu(_batch_norm(train, self.axis_name)(x))
     for stage, features in enumerate((16, 32, 64)):
       for block in range(self.blocks_per_stage):
         strides = 2 if stage and not block else 1
-        x = ResidualBlock(features, strides, self.axis_name)(x, train)
+        x = ResidualBlock(features, strides, self.axis_name, self.impl)(
+            x, train)
     x = jnp.mean(x, axis=(1, 2))
     self.sow('intermediates', 'features', x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

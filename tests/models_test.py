@@ -99,3 +99,21 @@ def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
                          rngs={'dropout': jax.random.key(k)})[0]
              for k in (2, 3)]
   assert not jnp.allclose(trained[0], trained[1])
+
+
+@pytest.mark.parametrize('name', ['seed_cnn_narrow', 'resnet20'])
+def test_cpu_layers_give_the_gradients_of_xla_layers(name):
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  grads = {}
+  for impl in ('cpu', 'xla'):
+    model = models.create_model(name, 10, impl=impl, axis_name=None,
+                                batch_norm=True)
+    variables = model.init(jax.random.key(0), x, train=False)
+
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+      return jnp.sum(logits ** 2)
+
+    grads[impl] = jax.grad(loss)(variables['params'])
+  chex.assert_trees_all_close(grads['cpu'], grads['xla'], rtol=1e-4, atol=1e-5)
