@@ -323,6 +323,13 @@ def train_and_evaluate(config, workdir: str,
   run every process calls this, and process 0 writes. Returns the summary
   written to summary.json.
   """
+  # The data first: a mistake there leaves the workdir untouched.
+  dataset = dataset or data_lib.load(config)
+  steps_per_epoch = len(dataset.train) // config.batch_size
+  if not steps_per_epoch:
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} is larger than the '
+        f'{len(dataset.train)} training examples; lower it')
   checkpointer = checkpoints.Checkpointer(workdir, config.checkpoints_to_keep)
   try:
     if (checkpointer.check_config(config) is None
@@ -331,20 +338,14 @@ def train_and_evaluate(config, workdir: str,
           f'{os.path.join(workdir, outputs.METRICS)} holds results but there '
           'is no checkpoint to resume them from; use a new --workdir (or '
           'delete this one to start over)')
-    return _train(config, workdir, dataset, checkpointer)
+    return _train(config, workdir, dataset, steps_per_epoch, checkpointer)
   finally:
     checkpointer.close()  # Waits for the last save, also on errors.
 
 
-def _train(config, workdir, dataset, checkpointer) -> dict:
+def _train(config, workdir, dataset, steps_per_epoch, checkpointer) -> dict:
   num_devices = jax.local_device_count()
   process = (jax.process_index(), jax.process_count())
-  dataset = dataset or data_lib.load(config)
-  steps_per_epoch = len(dataset.train) // config.batch_size
-  if not steps_per_epoch:
-    raise ConfigError(
-        f'config.batch_size={config.batch_size} is larger than the '
-        f'{len(dataset.train)} training examples; lower it')
   logging.info('data: %d train, %d validation, %d test, shape %s, %d classes',
                len(dataset.train), len(dataset.validation or ()),
                len(dataset.test), dataset.image_shape, dataset.num_classes)

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax.training import train_state
 
 from configs import cifar
 from l2jax import checkpoints
 from l2jax import models
 from l2jax import pretrained
+from l2jax import train
 from l2jax.errors import ConfigError
 
 
@@ -25,9 +25,9 @@ def workdir(tmp_path_factory):
   path = tmp_path_factory.mktemp('source')
   checkpointer = checkpoints.Checkpointer(str(path), 3)
   for step in (1, 2):
-    state = train_state.TrainState.create(
+    state = train.TrainState.create(
         apply_fn=None, params=init('seed_cnn_narrow', 4, seed=step),
-        tx=optax.sgd(0.1, momentum=0.9))
+        tx=optax.sgd(0.1, momentum=0.9), batch_stats={})
     checkpointer.save(step, state, cifar.get_config(), {})
   checkpointer.close()
   return path

@@ -120,8 +120,8 @@ def test_activity_penalty_reaches_the_penultimate_features_only():
   penalties = regularization.Penalties(activity_weight=0.01)
 
   def activity(p):
-    return train.apply_with_penalties(model.apply, p, x, penalties)[1][
-        'activity_penalty']
+    return train.apply_with_penalties(model.apply, p, {}, x, penalties,
+                                      jax.random.key(0))[1]['activity_penalty']
 
   # Dense_0's output before the ReLU, captured by flax, not by our sow.
   _, state = model.apply({'params': params}, x, capture_intermediates=True)
