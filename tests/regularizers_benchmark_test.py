@@ -85,6 +85,7 @@ def test_each_method_gets_its_cell_of_best_validation_accuracy_not_test():
       row('l2', 0.44, val_loss=1.2, test=0.40, l2_weight=3e-2),  # Tie: loss.
       row('l1', 0.30, test=0.60, l1_weight=1e-3),
       row('l1', 0.35, test=0.20, l1_weight=1e-4),
+      row('l1', 0.33, test=0.20, l1_weight=3e-3),
       row('dropout', math.nan, val_loss=math.nan, test=math.nan),  # Diverged.
       row('dropout', 0.10, test=0.10, dropout=0.75),
       row('elastic', math.nan, val_loss=math.nan, test=math.nan),
@@ -94,9 +95,12 @@ def test_each_method_gets_its_cell_of_best_validation_accuracy_not_test():
   assert chosen['none'] is rows[0]
   assert chosen['l2'] is rows[3]
   assert chosen['l1'] is rows[5]
-  assert chosen['dropout'] is rows[7]
+  assert chosen['dropout'] is rows[8]
   assert chosen['elastic'] is None  # Every cell diverged.
   assert chosen['l2+dropout'] is None and chosen['l2+batchnorm'] is None
+  # The largest λ and the last dropout cell are ends of their grids; `none`
+  # has no grid, and l1's choice lies inside its grid.
+  assert reg.at_edge(rows, chosen) == ['l2', 'dropout']
 
 
 def test_elastic_pairs_the_l1_and_l2_grids_and_combos_fix_the_other():
