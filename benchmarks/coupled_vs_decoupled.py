@@ -183,7 +183,9 @@ def cell_config(preset: dict, data: str, cell: Cell):
   optimizer, mode, _ = METHODS[cell.method]
   config = cifar.get_config()
   config.update_from_flattened_dict({
-      **preset['config'], 'dataset': data, 'optimizer': optimizer,
+      # No evaluation under noise: that is benchmarks/regularizers.py's.
+      'noise_sigmas': (), **preset['config'], 'dataset': data,
+      'optimizer': optimizer,
       'l2.mode': mode, 'l2.weight': cell.l2_weight,
       'learning_rate': cell.lr, 'seed': cell.seed})
   return config
