@@ -1,40 +1,25 @@
 """benchmarks/coupled_vs_decoupled.py: the smoke sweep end to end, and its
 analysis (best cell by validation, separability slope, λ over seeds)."""
 
-import csv
 import math
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from conftest import read_csv
 from conftest import REPO
+from conftest import run_benchmark
 
 sys.path.insert(0, str(REPO / 'benchmarks'))
 import coupled_vs_decoupled as cvd  # pylint: disable=g-import-not-at-top
-
-SCRIPT = REPO / 'benchmarks' / 'coupled_vs_decoupled.py'
-
-
-def run_benchmark(*args) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def read_csv(path):
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
 
 
 def test_smoke_preset_writes_every_output_then_select_reuses_done_cells(
     cifar_small, tmp_path):
   common = ['--preset=smoke', f'--out={tmp_path}',
             f'--data=folder:{cifar_small}']
-  result = run_benchmark(*common)
+  result = run_benchmark('coupled_vs_decoupled.py', *common)
   assert result.returncode == 0, result.stderr[-3000:]
 
   cells = cvd.grid_cells(cvd.PRESETS['smoke'], seed=0)
@@ -64,7 +49,7 @@ def test_smoke_preset_writes_every_output_then_select_reuses_done_cells(
   assert result.stdout.startswith('[1/')  # One line a cell trained.
 
   # Selection over seeds {0, 1} at a grid lr: the seed-0 cells are the grid's.
-  select = run_benchmark(*common, '--select=sgdw')
+  select = run_benchmark('coupled_vs_decoupled.py', *common, '--select=sgdw')
   assert select.returncode == 0, select.stderr[-3000:]
   weights = cvd.PRESETS['smoke']['l2']['sgdw']
   seeds = cvd.PRESETS['smoke']['select']['seeds']

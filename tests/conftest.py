@@ -1,6 +1,7 @@
 """Shared fixtures: the real CIFAR-10 copy from ../shared/data, a tiny image
 folder, and the CLI."""
 
+import csv
 import json
 import os
 import pathlib
@@ -73,17 +74,33 @@ def write_folder(root, sizes=None):
   return written
 
 
+def cpu_env(devices: int = 1) -> dict:
+  """The environment of a fresh JAX process on `devices` CPU devices."""
+  return dict(os.environ,
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def run_benchmark(script: str, *args) -> subprocess.CompletedProcess:
+  """Runs benchmarks/`script` in a fresh process on one CPU device."""
+  return subprocess.run(
+      [sys.executable, str(REPO / 'benchmarks' / script), *args], cwd=REPO,
+      env=cpu_env(), capture_output=True, text=True, timeout=600)
+
+
+def read_csv(path) -> list:
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
 def cli(workdir, *overrides, devices: int = 1,
         config='configs/cifar.py') -> dict:
   """subprocess arguments for `python -m l2jax.main` with `devices` CPU
   devices (without --workdir when `workdir` is None)."""
-  env = dict(os.environ,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   workdir = [] if workdir is None else [f'--workdir={workdir}']
   return dict(args=[sys.executable, '-m', 'l2jax.main', f'--config={config}',
                     *workdir, *overrides],
-              cwd=REPO, env=env, text=True)
+              cwd=REPO, env=cpu_env(devices), text=True)
 
 
 def run_cli(workdir, *overrides, devices: int = 1, config='configs/cifar.py',

@@ -1,36 +1,21 @@
 """benchmarks/regularizers.py: the smoke preset end to end, and the choice
 of each method's strength by validation."""
 
-import csv
 import math
-import os
-import subprocess
 import sys
 
+from conftest import read_csv
 from conftest import REPO
+from conftest import run_benchmark
 
 sys.path.insert(0, str(REPO / 'benchmarks'))
 import regularizers as reg  # pylint: disable=g-import-not-at-top
-
-SCRIPT = REPO / 'benchmarks' / 'regularizers.py'
-
-
-def run_benchmark(*args) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def read_csv(path):
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
 
 
 def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
     cifar_small, tmp_path):
   args = ['--preset=smoke', f'--out={tmp_path}', f'--data=folder:{cifar_small}']
-  result = run_benchmark(*args)
+  result = run_benchmark('regularizers.py', *args)
   assert result.returncode == 0, result.stderr[-3000:]
 
   cells = reg.cells(reg.PRESETS['smoke'])
@@ -66,7 +51,7 @@ def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
     assert fragment in report, fragment
   assert result.stdout.startswith('[1/')  # One line a cell trained.
 
-  again = run_benchmark(*args)  # Restart: every cell is done.
+  again = run_benchmark('regularizers.py', *args)  # Restart: every cell is done.
   assert again.returncode == 0, again.stderr[-3000:]
   assert '(0 of 7 cells trained' in again.stdout
   assert read_csv(tmp_path / 'results.csv') == rows
