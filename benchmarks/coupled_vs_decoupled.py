@@ -65,6 +65,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from configs import cifar
 from l2jax import configuration
+from l2jax import cpu
 from l2jax import data as data_lib
 from l2jax import outputs
 from l2jax import train
@@ -545,6 +546,7 @@ def _write_text(text: str, path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cpu.configure()  # As l2jax.main does, before JAX runs anything.
   logging.set_verbosity(logging.WARNING)  # One line a cell, printed below.
   tfds.disable_progress_bar()
   start = time.perf_counter()

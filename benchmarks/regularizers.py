@@ -49,6 +49,7 @@ sys.path.insert(0, REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cifar
 from l2jax import configuration
+from l2jax import cpu
 from l2jax import data as data_lib
 from l2jax import outputs
 from l2jax import train
@@ -325,6 +326,7 @@ def write_csv(rows: list, path: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cpu.configure()  # As l2jax.main does, before JAX runs anything.
   logging.set_verbosity(logging.WARNING)  # One line a cell, printed below.
   tfds.disable_progress_bar()
   start = time.perf_counter()

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
 from l2jax import configuration
+from l2jax import cpu
 from l2jax import train
 from l2jax.errors import ConfigError, L2JaxError
 
@@ -125,6 +126,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_only_l2jax_info)
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
+  cpu.configure()  # Before JAX runs anything.
   try:
     initialize_distributed()
     configuration.validate(FLAGS.config, jax.device_count())

@@ -24,9 +24,9 @@ class SeedCNN(nn.Module):
   `batch_norm` puts BatchNorm between each convolution (then without bias)
   and its ReLU; `dropout` drops features before the last Dense layer.
   `impl` picks how convolutions and pooling are computed, with the same
-  values and parameters: 'xla' (nn.Conv, nn.max_pool), 'cpu' (l2jax.layers'
-  custom gradients, fast on XLA's CPU backend), 'auto' ('cpu' when JAX's
-  default backend is the CPU, else 'xla').
+  values and parameters: 'xla' (nn.Conv, nn.max_pool), 'cpu' (l2jax.layers,
+  fast on XLA's CPU backend), 'auto' ('cpu' when JAX's default backend is the
+  CPU, else 'xla').
   """
   num_classes: int
   conv_features: Sequence[int] = (64, 128)
@@ -132,7 +132,7 @@ class ResNet(nn.Module):
   blocks_per_stage: int = 3
   dropout: float = 0.0
   axis_name: Optional[str] = 'batch'
-  impl: str = 'auto'  # As SeedCNN's; the stride-2 convolutions are XLA's.
+  impl: str = 'auto'  # As SeedCNN's.
 
   @nn.compact
   def __call__(self, x, train: bool = True):

@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
+import optax
 from PIL import Image
 import pytest
 
@@ -78,11 +79,12 @@ def test_real_cifar_slice_learns_writes_every_output_and_resumes(
     # statistics would differ from one device's by far more than rounding.
     ['--config.model=seed_cnn_narrow', '--config.batch_norm=True']])
 def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path, model):
-  # Two devices sum each gradient in another order, equal to float rounding.
-  # At the default learning rate this batch size makes the first epoch's loss
-  # spike, which grows those rounding differences to 1e-3; 0.01 trains stably.
+  # Two devices sum each gradient in another order, equal to float rounding,
+  # which training grows (metrics to about 3e-4 in two epochs with batch
+  # norm). At the default learning rate this batch size makes the first
+  # epoch's loss spike, which grows them further; 0.01 trains stably.
   overrides = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
-               '--config.max_train_examples=256', '--config.num_epochs=2',
+               '--config.max_train_examples=256', '--config.num_epochs=1',
                '--config.augment=True', '--config.learning_rate=0.01', *model]
   runs = {}
   for devices in (1, 2):
@@ -93,12 +95,20 @@ def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path, model):
   one, two = (read_jsonl(runs[d] / 'metrics.jsonl') for d in (1, 2))
   for a, b in zip(one, two, strict=True):
     for key in PER_EPOCH_KEYS - TIMING_KEYS:
-      assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+      # Counts move by whole items where rounding crosses a line: a
+      # prediction at the decision boundary (a few of the 1,000 test and 256
+      # train images), a weight at the sparsity threshold (tens of 532,202).
+      tolerance = (0.005 if 'accuracy' in key else
+                   1e-4 if key == 'sparsity' else 1e-5)
+      assert a[key] == pytest.approx(b[key], rel=1e-3, abs=tolerance), key
   s1, s2 = final_state(runs[1]), final_state(runs[2])
   assert jax.tree.structure(s1) == jax.tree.structure(s2)
-  for a, b in zip(jax.tree.leaves({k: s1[k] for k in ('params', 'batch_stats')}),
-                  jax.tree.leaves({k: s2[k] for k in ('params', 'batch_stats')})):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  # Over all parameters and statistics: rounding can flip single ReLU or
+  # max-pool decisions, which moves single elements (and small biases) far
+  # more. Per-device batch norm statistics would move them by 7e-3.
+  one, two = ({k: s[k] for k in ('params', 'batch_stats')} for s in (s1, s2))
+  change = optax.global_norm(jax.tree.map(np.subtract, two, one))
+  assert change <= 1e-3 * optax.global_norm(one), change / optax.global_norm(one)
 
 
 class BadInput(NamedTuple):

@@ -15,6 +15,11 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
+from l2jax import cpu
+
+# The settings l2jax.main trains under, before any test runs JAX.
+cpu.configure()
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = pathlib.Path(os.environ.get(
     'L2JAX_SHARED_DATA', REPO.parent / 'shared' / 'data'))

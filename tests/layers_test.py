@@ -16,8 +16,24 @@ from l2jax import models
 
 # (batch, height, width, channels): odd batches, MNIST-sized, odd sides.
 POOL_SHAPES = [(5, 28, 28, 1), (3, 32, 32, 3), (1, 7, 9, 4), (2, 16, 16, 64)]
-CONV_SHAPES = [(3, 28, 28, 1, 8), (5, 32, 32, 3, 64), (3, 9, 7, 16, 5),
-               (2, 8, 8, 17, 4), (3, 16, 16, 64, 128)]
+# (nn.Conv arguments, input shape): first inputs smaller than the kernel,
+# which layers.conv_general_dilated computes as a product with the patch
+# matrix; then convolutions it leaves to lax.
+PATCH_CONVS = [
+    (dict(features=32, kernel_size=(3, 3)), (3, 2, 2, 64)),  # VGG's last maps.
+    (dict(features=8, kernel_size=(3, 3)), (5, 1, 1, 16)),
+    (dict(features=4, kernel_size=(3, 3)), (2, 2, 7, 5)),  # One side only.
+    (dict(features=4, kernel_size=(5, 5)), (2, 3, 3, 3)),
+    (dict(features=4, kernel_size=(3, 3), padding=((2, 0), (1, 1))),
+     (2, 2, 2, 3)),
+]
+LAX_CONVS = [
+    (dict(features=8, kernel_size=(3, 3)), (3, 16, 16, 64)),
+    (dict(features=6, kernel_size=(3, 3), strides=2), (2, 2, 2, 4)),
+    (dict(features=6, kernel_size=(3, 3), kernel_dilation=2), (2, 2, 2, 4)),
+    (dict(features=6, kernel_size=(3, 3), feature_group_count=2), (2, 2, 2, 4)),
+    (dict(features=6, kernel_size=(5, 5), padding='VALID'), (2, 12, 12, 4)),
+]
 
 
 def normal(seed, shape):
@@ -86,18 +102,6 @@ def test_max_pool_gradient_goes_to_the_first_maximum_in_row_major_order(pool):
   np.testing.assert_array_equal(dx.reshape(2, 2), [[0., 1.], [0., 0.]])
 
 
-def conv_pair(features, shape):
-  """nn.Conv and the same module through layers.conv_general_dilated."""
-  reference = nn.Conv(features, (3, 3), padding='SAME')
-  fast = nn.Conv(features, (3, 3), padding='SAME',
-                 conv_general_dilated=layers.conv_general_dilated)
-  x = normal(2, shape)
-  # Drawn directly: an init would compile one more convolution.
-  params = {'kernel': normal(3, (3, 3, shape[-1], features)),
-            'bias': normal(4, (features,))}
-  return reference, fast, params, x
-
-
 def assert_close(actual, expected):
   """Float tolerance scaled by each array's magnitude."""
   for a, e in zip(jax.tree_util.tree_leaves(actual),
@@ -106,31 +110,30 @@ def assert_close(actual, expected):
                                 atol=1e-5 * float(jnp.max(jnp.abs(e))))
 
 
-@pytest.mark.parametrize('shape, jit', [(shape, True) for shape in CONV_SHAPES]
-                         + [((1, 6, 5, 2, 3), False), ((1, 6, 5, 17, 3), False)])
-def test_conv_value_and_gradients_equal_nn_conv(shape, jit):
-  *input_shape, features = shape
-  reference, fast, params, x = conv_pair(features, input_shape)
+@pytest.mark.parametrize('kwargs, shape, jit', [
+    (kwargs, shape, True) for kwargs, shape in PATCH_CONVS + LAX_CONVS
+] + [(*PATCH_CONVS[1], False), (*PATCH_CONVS[4], False)])
+def test_conv_value_and_gradients_equal_nn_conv(kwargs, shape, jit):
+  """Output and the gradients for kernel, bias and input, as nn.Conv's."""
+  reference = nn.Conv(**kwargs)
+  fast = nn.Conv(conv_general_dilated=layers.conv_general_dilated, **kwargs)
+  x = normal(2, shape)
+  params = random_params(reference, x, 3)
   apply = lambda module: (lambda p, x: module.apply({'params': p}, x))
   expected = value_and_vjp(apply(reference), params, x, jit=jit)
   assert_close(value_and_vjp(apply(fast), params, x, jit=jit), expected)
 
 
-@pytest.mark.parametrize('kwargs', [
-    dict(kernel_size=(3, 3), strides=2),
-    dict(kernel_size=(3, 3), padding='VALID'),
-    dict(kernel_size=(5, 5)),
-    dict(kernel_size=(3, 3), kernel_dilation=2),
-    dict(kernel_size=(3, 3), feature_group_count=2)])
-def test_other_convolutions_fall_back_to_lax(kwargs):
-  x = normal(5, (2, 12, 12, 4))
-  reference = nn.Conv(6, **kwargs)
-  fast = nn.Conv(6, conv_general_dilated=layers.conv_general_dilated, **kwargs)
-  params = random_params(reference, x, 6)
-  loss = lambda module: (
-      lambda p: jnp.sum(jnp.sin(module.apply({'params': p}, x))))
-  assert_close(jax.value_and_grad(loss(fast))(params),
-               jax.value_and_grad(loss(reference))(params))
+@pytest.mark.parametrize('kwargs, shape, patches', [
+    (kwargs, shape, True) for kwargs, shape in PATCH_CONVS
+] + [(kwargs, shape, False) for kwargs, shape in LAX_CONVS])
+def test_conv_takes_the_patch_product_only_below_the_kernel_size(
+    kwargs, shape, patches):
+  fast = nn.Conv(conv_general_dilated=layers.conv_general_dilated, **kwargs)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  params = jax.eval_shape(fast.init, jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(fast.apply)(params, x))
+  assert ('conv_general_dilated' not in jaxpr) == patches, jaxpr
 
 
 @pytest.mark.parametrize('shape, batch, integers', [
