@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import cifar
 from l2jax import configuration
+from l2jax import cpu
 from l2jax import data as data_lib
 from l2jax import layers
 from l2jax import models
@@ -54,6 +55,9 @@ flags.DEFINE_bool('torch', None,
 flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
 flags.DEFINE_enum('impl', 'auto', ['auto', 'cpu', 'xla'],
                   "The model's conv/pool implementation (SeedCNN.impl).")
+flags.DEFINE_bool('configure_cpu', True,
+                  'Apply l2jax.cpu.configure() first, as l2jax.main does; '
+                  'with --noconfigure_cpu both columns run without it.')
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -137,11 +141,67 @@ def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
   cost = cost.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The program is one device's share of the batch; each device runs it.
-  return {**timing, 'flops': cost['flops'] * num_devices}
+  return {**timing, 'flops': cost['flops'] * num_devices,
+          'parameters': sum(x[0].size for x in jax.tree.leaves(state.params))}
+
+
+def torch_twin(model):
+  """`model` (an l2jax.models module) in PyTorch: the same layers, widths
+  and parameter count, batch norm where it has it."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  def conv(cin, cout, stride=1, batch_norm=False):
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=not batch_norm)] + (
+        [nn.BatchNorm2d(cout)] if batch_norm else [])
+
+  class Block(nn.Module):
+    """models.ResidualBlock: the shortcut subsamples and pads channels."""
+
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.first = nn.Sequential(*conv(cin, cout, stride, True), nn.ReLU())
+      self.second = nn.Sequential(*conv(cout, cout, 1, True))
+      self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x):
+      shortcut = nn.functional.pad(x[:, :, ::self.stride, ::self.stride],
+                                   (0, 0, 0, 0, 0, self.pad))
+      return nn.functional.relu(shortcut + self.second(self.first(x)))
+
+  channels, side = IMAGE_SHAPE[-1], IMAGE_SHAPE[0]
+  if isinstance(model, models.ResNet):
+    layers = [*conv(channels, 16, 1, True), nn.ReLU()]
+    channels = 16
+    for stage, features in enumerate((16, 32, 64)):
+      for block in range(model.blocks_per_stage):
+        layers.append(Block(channels, features, 2 if stage and not block else 1))
+        channels = features
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(channels, NUM_CLASSES))
+  if isinstance(model, models.VGG):
+    widths, hidden = models.VGG_LAYERS[model.depth], []
+  else:  # SeedCNN: conv-relu-pool per width, then Dense(hidden) - ReLU.
+    widths = [w for f in model.conv_features for w in (f, 'M')]
+    hidden = [model.hidden]
+  layers = []
+  for width in widths:
+    if width == 'M':
+      layers.append(nn.MaxPool2d(2))
+      side //= 2
+    else:
+      layers += [*conv(channels, width, 1, model.batch_norm), nn.ReLU()]
+      channels = width
+  layers.append(nn.Flatten())
+  features = channels * side * side
+  for width in hidden:
+    layers += [nn.Linear(features, width), nn.ReLU()]
+    features = width
+  return nn.Sequential(*layers, nn.Linear(features, NUM_CLASSES))
 
 
 def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
-  """The same SeedCNN variant in PyTorch, SGD with coupled decay, timed alike.
+  """The same network in PyTorch (`torch_twin`), SGD with coupled decay,
+  timed alike.
 
   PyTorch's weight_decay also reaches the biases (l2jax's mask: kernels only)
   and its learning rate stays constant; neither costs a measurable FLOP.
@@ -151,16 +211,7 @@ def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
 
   torch.manual_seed(config.seed)
   torch.set_num_threads(os.cpu_count())
-  # The SeedCNN variant's widths: conv-relu-pool per width, then two Dense.
-  twin = models.create_model(config.model, NUM_CLASSES)
-  layers, channels, side = [], IMAGE_SHAPE[-1], IMAGE_SHAPE[0]
-  for features in twin.conv_features:
-    layers += [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(),
-               nn.MaxPool2d(2)]
-    channels, side = features, side // 2
-  model = nn.Sequential(
-      *layers, nn.Flatten(), nn.Linear(channels * side * side, twin.hidden),
-      nn.ReLU(), nn.Linear(twin.hidden, NUM_CLASSES))
+  model = torch_twin(models.from_config(config, NUM_CLASSES))
   optimizer = torch.optim.SGD(
       model.parameters(), lr=config.learning_rate, momentum=config.momentum,
       weight_decay=config.l2.weight)
@@ -178,6 +229,7 @@ def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
 
   timing = time_calls(step, steps)  # PyTorch on a CPU is synchronous.
   return {**timing, 'version': torch.__version__,
+          'parameters': sum(p.numel() for p in model.parameters()),
           'threads': torch.get_num_threads()}
 
 
@@ -206,6 +258,9 @@ def report(config, steps: int, load: float, matmul: float,
       f'{jax.local_device_count()} {jax.default_backend()} device(s); '
       f'load average {load:.2f} before the run',
       f'- Versions: {versions}',
+      f'- Process settings: l2jax.cpu.configure() '
+      f'{"applied" if FLAGS.configure_cpu else "not applied"} '
+      f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r})',
       f'- Step: {config.model} (impl {FLAGS.impl}: '
       f'{layers.resolve_impl(FLAGS.impl)}), batch {config.batch_size} of '
       f'{IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, augment {config.augment}; '
@@ -221,6 +276,7 @@ def report(config, steps: int, load: float, matmul: float,
       '| | ' + ' | '.join(results) + ' |', '|---' * (len(results) + 1) + '|',
   ]
   rows = {
+      'parameters': lambda r: f'{r["parameters"]:,}',
       'first step (l2jax: compile) [s]': lambda r: f'{r["first_s"]:.2f}',
       'median step [ms] (min–max)': lambda r: (
           f'{1e3 * r["median_s"]:.1f} ({1e3 * r["min_s"]:.0f}–'
@@ -244,6 +300,8 @@ def report(config, steps: int, load: float, matmul: float,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.configure_cpu:
+    cpu.configure()  # As l2jax.main does, before JAX runs anything.
   config = cifar.get_config()
   config.model, config.batch_size = FLAGS.model, FLAGS.batch_size
   config.augment = FLAGS.augment
