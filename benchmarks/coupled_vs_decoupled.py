@@ -34,11 +34,9 @@ unfinished cell resumes from its own checkpoint. Presets (`PRESETS`): `smoke`
 copy extracted into data/ as in the README.
 """
 
-import csv
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -63,6 +61,7 @@ import matplotlib.pyplot as plt
 # Run as a script from anywhere: the repository root holds l2jax/, configs/.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from benchmarks import common
 from configs import cifar
 from l2jax import configuration
 from l2jax import cpu
@@ -141,7 +140,6 @@ COLUMNS = ('method', 'optimizer', 'mode', 'lr', 'l2_weight', 'seed',
            'workdir')
 # Written by this script beside a cell's summary.json: its config, wall
 # seconds, and the error if it diverged (l2jax writes no summary then).
-CELL = 'cell.json'
 
 
 class Cell(NamedTuple):
@@ -197,32 +195,6 @@ def cell_workdir(out: str, cell: Cell) -> str:
                       f'lr{cell.lr:g}_lambda{cell.l2_weight:g}_seed{cell.seed}')
 
 
-def read_json(workdir: str, name: str):
-  """The JSON file `name` in `workdir`, or None where there is none."""
-  path = os.path.join(workdir, name)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def is_done(workdir: str, config) -> bool:
-  """Whether the cell has a summary.json, or diverged (no summary, ever).
-
-  A done cell run with another config stops the sweep: its numbers would
-  not be the preset's.
-  """
-  summary = read_json(workdir, outputs.SUMMARY)
-  cell = read_json(workdir, CELL)
-  if summary is None and not (cell and cell['diverged']):
-    return False
-  ran = summary['config'] if summary else cell['config']
-  if ran != json.loads(json.dumps(config.to_dict())):
-    raise L2JaxError(f'{workdir} was run with another config; use another '
-                     '--out, or delete it to run it again')
-  return True
-
-
 def run_cells(cells: list, preset: dict, data: str, out: str,
               keep_checkpoints: bool) -> int:
   """Trains every cell not done yet; returns how many it trained.
@@ -236,7 +208,7 @@ def run_cells(cells: list, preset: dict, data: str, out: str,
     config = cell_config(preset, data, cell)
     configuration.validate(config, jax.local_device_count())
     workdir = cell_workdir(out, cell)
-    if not is_done(workdir, config):
+    if not common.is_done(workdir, config):
       todo.append((cell, config, workdir))
   todo.sort(key=lambda item: item[0].seed)
   dataset, dataset_seed = None, None
@@ -254,7 +226,7 @@ def run_cells(cells: list, preset: dict, data: str, out: str,
     except DivergenceError as e:
       diverged = result = str(e)
     seconds = time.perf_counter() - start
-    with open(os.path.join(workdir, CELL), 'w') as f:
+    with open(os.path.join(workdir, common.CELL), 'w') as f:
       json.dump({'config': config.to_dict(), 'wall_seconds': seconds,
                  'diverged': diverged}, f, indent=2)
     if not keep_checkpoints:
@@ -271,10 +243,11 @@ def cell_row(out: str, cell: Cell) -> dict:
   A diverged cell has no final metrics (nan); its epochs are the finite ones.
   """
   workdir = cell_workdir(out, cell)
-  summary = read_json(workdir, outputs.SUMMARY)
+  summary = common.read_json(workdir, outputs.SUMMARY)
   final = summary['final'] if summary else {}
   records = outputs.read_metrics(workdir)
-  side = read_json(workdir, CELL) or {}  # None if killed after summary.json.
+  # None if killed after summary.json.
+  side = common.read_json(workdir, common.CELL) or {}
   optimizer, mode, _ = METHODS[cell.method]
   return {
       'method': cell.method, 'optimizer': optimizer, 'mode': mode,
@@ -341,14 +314,6 @@ def method_summary(rows: list) -> dict:
 # Outputs: one function a file.
 
 
-def write_csv(rows: list, path: str) -> None:
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(path + '.tmp', path)
-
-
 def plot_heatmaps(rows: list, path: str) -> None:
   """Test error (%), x = λ (λ = 0 its own column), y = lr; a panel a method.
 
@@ -390,18 +355,6 @@ def plot_heatmaps(rows: list, path: str) -> None:
   os.replace(path + '.tmp.png', path)
 
 
-def machine() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  except (OSError, StopIteration):
-    cpu = platform.processor() or platform.machine()
-  return (f'{cpu}, {os.cpu_count()} cores; JAX on {jax.local_device_count()} '
-          f'{jax.default_backend()} device(s); load average '
-          f'{os.getloadavg()[0]:.2f} at the end')
-
-
 def run_lines(preset_name: str, data: str, rows: list, seconds: float,
               trained: int) -> list:
   """Markdown lines on how the numbers were made, shared by both reports."""
@@ -415,7 +368,7 @@ def run_lines(preset_name: str, data: str, rows: list, seconds: float,
       + ', '.join(f'`{k}={v}`' for k, v in preset['config'].items())
       + f'; model `{model}`{note}',
       f'- Data: `{data}`',
-      f'- Machine: {machine()}',
+      f'- Machine: {common.machine()}',
       f'- Versions: jax {jax.__version__}, flax {flax.__version__}, '
       f'optax {optax.__version__}',
       f'- Run time: {seconds / 60:.1f} min for this command ({trained} of '
@@ -569,11 +522,11 @@ def main(argv):
   seconds = time.perf_counter() - start
   if FLAGS.select:
     name = os.path.join(out, f'select_{FLAGS.select}')
-    write_csv(rows, name + '.csv')
+    common.write_csv(rows, COLUMNS, name + '.csv')
     print(write_selection(rows, FLAGS.select, FLAGS.preset, FLAGS.data,
                           seconds, trained, name + '.md'), end='')
   else:
-    write_csv(rows, os.path.join(out, 'results.csv'))
+    common.write_csv(rows, COLUMNS, os.path.join(out, 'results.csv'))
     plot_heatmaps(rows, os.path.join(out, 'heatmaps.png'))
     print(write_report(rows, FLAGS.preset, FLAGS.data, seconds, trained,
                        os.path.join(out, 'report.md')), end='')

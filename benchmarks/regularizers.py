@@ -25,11 +25,9 @@ tests), `cpu` (24 cells on 1,000 training images without augmentation;
 regularizers_cpu/).
 """
 
-import csv
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -47,6 +45,7 @@ import tensorflow_datasets as tfds
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common
 from configs import cifar
 from l2jax import configuration
 from l2jax import cpu
@@ -93,7 +92,6 @@ METRICS = ('train_accuracy', 'val_accuracy', 'val_loss', 'test_accuracy',
            *NOISE_KEYS, 'sparsity', 'weight_norm')
 COLUMNS = ('method', 'l2_weight', 'l1_weight', 'dropout', 'batch_norm',
            'diverged', *METRICS, 'wall_seconds', 'workdir')
-CELL = 'cell.json'  # Beside summary.json: config, wall seconds, divergence.
 
 
 class Cell(NamedTuple):
@@ -139,26 +137,6 @@ def cell_workdir(out: str, cell: Cell) -> str:
                       f'_drop{cell.dropout:g}_bn{int(cell.batch_norm)}')
 
 
-def read_json(workdir: str, name: str):
-  path = os.path.join(workdir, name)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def is_done(workdir: str, config) -> bool:
-  """A summary.json or a recorded divergence, made with this very config."""
-  summary, side = read_json(workdir, outputs.SUMMARY), read_json(workdir, CELL)
-  if summary is None and not (side and side['diverged']):
-    return False
-  ran = summary['config'] if summary else side['config']
-  if ran != json.loads(json.dumps(config.to_dict())):
-    raise L2JaxError(f'{workdir} was run with another config; use another '
-                     '--out, or delete it to run it again')
-  return True
-
-
 def run_cells(todo_cells: list, preset: dict, data: str, out: str) -> int:
   """Trains the cells not done yet on one read of the data; returns how many.
 
@@ -169,7 +147,7 @@ def run_cells(todo_cells: list, preset: dict, data: str, out: str) -> int:
   for cell in todo_cells:
     config = cell_config(preset, data, cell)
     configuration.validate(config, jax.local_device_count())
-    if not is_done(cell_workdir(out, cell), config):
+    if not common.is_done(cell_workdir(out, cell), config):
       todo.append((cell, config, cell_workdir(out, cell)))
   dataset = data_lib.load(todo[0][1]) if todo else None
   for i, (cell, config, workdir) in enumerate(todo):
@@ -182,7 +160,7 @@ def run_cells(todo_cells: list, preset: dict, data: str, out: str) -> int:
     except DivergenceError as e:
       diverged = result = str(e)
     seconds = time.perf_counter() - start
-    with open(os.path.join(workdir, CELL), 'w') as f:
+    with open(os.path.join(workdir, common.CELL), 'w') as f:
       json.dump({'config': config.to_dict(), 'wall_seconds': seconds,
                  'diverged': diverged}, f, indent=2)
     shutil.rmtree(os.path.join(workdir, 'checkpoints'), ignore_errors=True)
@@ -195,9 +173,9 @@ def run_cells(todo_cells: list, preset: dict, data: str, out: str) -> int:
 def cell_row(out: str, cell: Cell) -> dict:
   """A done cell's CSV row; a diverged cell's metrics are nan."""
   workdir = cell_workdir(out, cell)
-  summary = read_json(workdir, outputs.SUMMARY)
+  summary = common.read_json(workdir, outputs.SUMMARY)
   final = summary['final'] if summary else {}
-  side = read_json(workdir, CELL) or {}
+  side = common.read_json(workdir, common.CELL) or {}
   return {**cell._asdict(), 'diverged': summary is None,
           **{k: final.get(k, math.nan) for k in METRICS},
           'wall_seconds': side.get('wall_seconds', math.nan),
@@ -261,18 +239,6 @@ def reading(rows: list, chosen: dict) -> list:
   ]
 
 
-def machine() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  except (OSError, StopIteration):
-    cpu = platform.processor() or platform.machine()
-  return (f'{cpu}, {os.cpu_count()} cores; JAX on {jax.local_device_count()} '
-          f'{jax.default_backend()} device(s); load average '
-          f'{os.getloadavg()[0]:.2f} at the end')
-
-
 def write_report(rows: list, preset_name: str, data: str, seconds: float,
                  trained: int, path: str) -> str:
   preset, chosen = PRESETS[preset_name], chosen_by_method(rows)
@@ -285,7 +251,7 @@ def write_report(rows: list, preset_name: str, data: str, seconds: float,
       f'- Grids: coupled λ {preset["l2"]}, λ₁ {preset["l1"]}, dropout '
       f'{preset["dropout"]}; elastic pairs λ₁ and λ by index; l2+dropout at '
       f'rate {preset["fixed_dropout"]}',
-      f'- Data: `{data}`', f'- Machine: {machine()}',
+      f'- Data: `{data}`', f'- Machine: {common.machine()}',
       f'- Versions: jax {jax.__version__}, flax {flax.__version__}, '
       f'optax {optax.__version__}',
       f'- Run time: {seconds / 60:.1f} min for this command ({trained} of '
@@ -315,14 +281,6 @@ def write_report(rows: list, preset_name: str, data: str, seconds: float,
   return text
 
 
-def write_csv(rows: list, path: str) -> None:
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(path + '.tmp', path)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -343,7 +301,7 @@ def main(argv):
   except L2JaxError as e:
     sys.exit(f'regularizers: error: {e}')
   rows = [cell_row(out, cell) for cell in grid]
-  write_csv(rows, os.path.join(out, 'results.csv'))
+  common.write_csv(rows, COLUMNS, os.path.join(out, 'results.csv'))
   print(write_report(rows, FLAGS.preset, FLAGS.data,
                      time.perf_counter() - start, trained,
                      os.path.join(out, 'report.md')), end='')

@@ -16,7 +16,6 @@ About a minute on a 2-core CPU.
 import functools
 import importlib.util
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -36,6 +35,7 @@ import optax
 # Run as a script from anywhere: the repository root holds l2jax/, configs/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common
 from configs import cifar
 from l2jax import configuration
 from l2jax import cpu
@@ -233,15 +233,6 @@ def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
           'threads': torch.get_num_threads()}
 
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f
-                  if line.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
-
-
 def report(config, steps: int, load: float, matmul: float,
            results: dict) -> str:
   """Markdown: command, machine, versions, then one column per framework."""
@@ -254,7 +245,7 @@ def report(config, steps: int, load: float, matmul: float,
   lines = [
       '# Training-step throughput', '',
       '    ' + shlex.join(['python'] + sys.argv), '',
-      f'- Machine: {cpu_model()}, {os.cpu_count()} cores; JAX on '
+      f'- Machine: {common.cpu_model()}, {os.cpu_count()} cores; JAX on '
       f'{jax.local_device_count()} {jax.default_backend()} device(s); '
       f'load average {load:.2f} before the run',
       f'- Versions: {versions}',

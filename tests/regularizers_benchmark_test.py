@@ -36,11 +36,12 @@ def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
     assert (workdir / 'summary.json').exists()
     assert not (workdir / 'checkpoints').exists()  # Dropped once done.
   # Each cell ran the config its row names.
-  summary = reg.read_json(tmp_path / rows[-1]['workdir'], 'summary.json')
+  summary = reg.common.read_json(tmp_path / rows[-1]['workdir'],
+                                 'summary.json')
   assert summary['config']['batch_norm'] and summary['config']['l2'] == (
       {**summary['config']['l2'], 'mode': 'coupled',
        'weight': float(rows[-1]['l2_weight'])})
-  assert reg.read_json(tmp_path / rows[0]['workdir'], 'summary.json')[
+  assert reg.common.read_json(tmp_path / rows[0]['workdir'], 'summary.json')[
       'config']['l2']['mode'] == 'none'
 
   report = (tmp_path / 'report.md').read_text()
