@@ -38,10 +38,9 @@ class SeedCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv_fn, pool = _conv_and_pool(self.impl)
+    conv, pool = _conv_and_pool(self.impl)
     for features in self.conv_features:
-      x = nn.Conv(features, (3, 3), padding='SAME', use_bias=not self.batch_norm,
-                  conv_general_dilated=conv_fn)(x)
+      x = conv(features, use_bias=not self.batch_norm)(x)
       if self.batch_norm:
         x = _batch_norm(train, self.axis_name)(x)
       x = pool(nn.relu(x))
@@ -81,13 +80,12 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv_fn, pool = _conv_and_pool(self.impl)
+    conv, pool = _conv_and_pool(self.impl)
     for width in VGG_LAYERS[self.depth]:
       if width == 'M':
         x = pool(x)
         continue
-      x = nn.Conv(width, (3, 3), padding='SAME', use_bias=not self.batch_norm,
-                  conv_general_dilated=conv_fn)(x)
+      x = conv(width, use_bias=not self.batch_norm)(x)
       if self.batch_norm:
         x = _batch_norm(train, self.axis_name)(x)
       x = nn.relu(x)
@@ -107,12 +105,11 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv_fn, _ = _conv_and_pool(self.impl)
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
-                use_bias=False, conv_general_dilated=conv_fn)(x)
+    conv, _ = _conv_and_pool(self.impl)
+    y = conv(self.features, self.strides, padding=((1, 1), (1, 1)),
+             use_bias=False)(x)
     y = nn.relu(_batch_norm(train, self.axis_name)(y))
-    y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False,
-                conv_general_dilated=conv_fn)(y)
+    y = conv(self.features, use_bias=False)(y)
     y = _batch_norm(train, self.axis_name)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = x[:, ::self.strides, ::self.strides]
@@ -136,9 +133,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv_fn, _ = _conv_and_pool(self.impl)
-    x = nn.Conv(16, (3, 3), padding='SAME', use_bias=False,
-                conv_general_dilated=conv_fn)(x)
+    conv, _ = _conv_and_pool(self.impl)
+    x = conv(16, use_bias=False)(x)
     x = nn.relu(_batch_norm(train, self.axis_name)(x))
     for stage, features in enumerate((16, 32, 64)):
       for block in range(self.blocks_per_stage):
@@ -158,10 +154,20 @@ def _batch_norm(train: bool, axis_name: Optional[str]) -> nn.BatchNorm:
 
 
 def _conv_and_pool(impl: str):
-  if layers.resolve_impl(impl) == 'cpu':
-    return layers.conv_general_dilated, layers.max_pool_2x2
-  # nn.Conv's default, lax.conv_general_dilated; flax's max pool.
-  return None, functools.partial(nn.max_pool, window_shape=(2, 2),
+  """A 3x3 convolution's constructor, (features, strides=1, padding='SAME',
+  use_bias=True) -> module, and a 2x2 max pool: l2jax.layers' or flax's."""
+  cpu = layers.resolve_impl(impl) == 'cpu'
+
+  def conv(features, strides=1, padding='SAME', use_bias=True):
+    if not cpu:
+      return nn.Conv(features, (3, 3), strides, padding, use_bias=use_bias)
+    module = nn.Conv(features, (3, 3), strides, padding, use_bias=False,
+                     conv_general_dilated=layers.conv_general_dilated)
+    return layers.BiasedConv(module) if use_bias else module
+
+  if cpu:
+    return conv, layers.max_pool_2x2
+  return conv, functools.partial(nn.max_pool, window_shape=(2, 2),
                                  strides=(2, 2))
 
 

@@ -136,6 +136,34 @@ def test_conv_takes_the_patch_product_only_below_the_kernel_size(
   assert ('conv_general_dilated' not in jaxpr) == patches, jaxpr
 
 
+@pytest.mark.parametrize('kwargs, shape', [
+    (dict(features=8, kernel_size=(3, 3)), (3, 16, 16, 4)),
+    (dict(features=5, kernel_size=(3, 3), strides=2), (2, 7, 9, 3)),
+    (dict(features=4, kernel_size=(1,)), (6, 11, 2)),  # 1-D: (N, W, C).
+])
+def test_biased_conv_equals_nn_conv(kwargs, shape):
+  """Same parameter tree and initial values; output and gradients for
+  kernel, bias and input as nn.Conv(use_bias=True)'s."""
+
+  class Wrapped(nn.Module):  # BiasedConv as the models use it: in a parent.
+    @nn.compact
+    def __call__(self, x):
+      return layers.BiasedConv(nn.Conv(use_bias=False, **kwargs))(x)
+
+  class Reference(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(**kwargs)(x)
+
+  x = normal(4, shape)
+  chex.assert_trees_all_equal(Wrapped().init(jax.random.key(1), x),
+                              Reference().init(jax.random.key(1), x))
+  params = random_params(Reference(), x, 5)
+  apply = lambda module: (lambda p, x: module.apply({'params': p}, x))
+  assert_close(value_and_vjp(apply(Wrapped()), params, x, jit=True),
+               value_and_vjp(apply(Reference()), params, x, jit=True))
+
+
 @pytest.mark.parametrize('shape, batch, integers', [
     ((28, 28, 1), 3, False), ((32, 32, 3), 5, True)])
 def test_seed_cnn_cpu_impl_equals_xla_impl(shape, batch, integers):
