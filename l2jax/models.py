@@ -38,11 +38,11 @@ class SeedCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, pool = _conv_and_pool(self.impl)
+    conv, pool, norm = _layers(self.impl)
     for features in self.conv_features:
       x = conv(features, use_bias=not self.batch_norm)(x)
       if self.batch_norm:
-        x = _batch_norm(train, self.axis_name)(x)
+        x = norm(train, self.axis_name)(x)
       x = pool(nn.relu(x))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden)(x))
@@ -80,14 +80,14 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, pool = _conv_and_pool(self.impl)
+    conv, pool, norm = _layers(self.impl)
     for width in VGG_LAYERS[self.depth]:
       if width == 'M':
         x = pool(x)
         continue
       x = conv(width, use_bias=not self.batch_norm)(x)
       if self.batch_norm:
-        x = _batch_norm(train, self.axis_name)(x)
+        x = norm(train, self.axis_name)(x)
       x = nn.relu(x)
     x = x.reshape((x.shape[0], -1))
     self.sow('intermediates', 'features', x)
@@ -105,12 +105,12 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv, _ = _conv_and_pool(self.impl)
+    conv, _, norm = _layers(self.impl)
     y = conv(self.features, self.strides, padding=((1, 1), (1, 1)),
              use_bias=False)(x)
-    y = nn.relu(_batch_norm(train, self.axis_name)(y))
+    y = nn.relu(norm(train, self.axis_name)(y))
     y = conv(self.features, use_bias=False)(y)
-    y = _batch_norm(train, self.axis_name)(y)
+    y = norm(train, self.axis_name)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = x[:, ::self.strides, ::self.strides]
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0),
@@ -133,9 +133,9 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, _ = _conv_and_pool(self.impl)
+    conv, _, norm = _layers(self.impl)
     x = conv(16, use_bias=False)(x)
-    x = nn.relu(_batch_norm(train, self.axis_name)(x))
+    x = nn.relu(norm(train, self.axis_name)(x))
     for stage, features in enumerate((16, 32, 64)):
       for block in range(self.blocks_per_stage):
         strides = 2 if stage and not block else 1
@@ -147,15 +147,11 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-def _batch_norm(train: bool, axis_name: Optional[str]) -> nn.BatchNorm:
-  # Under pmap the statistics are means over every device's examples.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      axis_name=axis_name if train else None)
-
-
-def _conv_and_pool(impl: str):
-  """A 3x3 convolution's constructor, (features, strides=1, padding='SAME',
-  use_bias=True) -> module, and a 2x2 max pool: l2jax.layers' or flax's."""
+def _layers(impl: str):
+  """Constructors of a 3x3 convolution, (features, strides=1,
+  padding='SAME', use_bias=True) -> module, and of batch norm,
+  (train, axis_name) -> module, and a 2x2 max pool: l2jax.layers' for
+  impl 'cpu', flax's for 'xla'."""
   cpu = layers.resolve_impl(impl) == 'cpu'
 
   def conv(features, strides=1, padding='SAME', use_bias=True):
@@ -165,10 +161,16 @@ def _conv_and_pool(impl: str):
                      conv_general_dilated=layers.conv_general_dilated)
     return layers.BiasedConv(module) if use_bias else module
 
+  def norm(train: bool, axis_name: Optional[str]):
+    # Under pmap the statistics are means over every device's examples.
+    return (layers.BatchNorm if cpu else nn.BatchNorm)(
+        use_running_average=not train, momentum=0.9,
+        axis_name=axis_name if train else None)
+
   if cpu:
-    return conv, layers.max_pool_2x2
+    return conv, layers.max_pool_2x2, norm
   return conv, functools.partial(nn.max_pool, window_shape=(2, 2),
-                                 strides=(2, 2))
+                                 strides=(2, 2)), norm
 
 
 MODELS = {

@@ -164,6 +164,36 @@ def test_biased_conv_equals_nn_conv(kwargs, shape):
                value_and_vjp(apply(Reference()), params, x, jit=True))
 
 
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('shape', [(4, 6, 5, 3), (7, 2)])
+def test_batch_norm_equals_flax_batch_norm(train, shape):
+  """Variables at init; output, gradients and updated statistics, with the
+  statistics averaged over a named axis (vmap's, as pmap's in training)."""
+  kwargs = dict(use_running_average=not train, momentum=0.9)
+  x = 2 * normal(6, (3, *shape)) + 1  # 3 members of the named axis.
+  c = shape[-1]
+  variables = {'params': {'scale': 1 + normal(7, (c,)), 'bias': normal(8, (c,))},
+               'batch_stats': {'mean': normal(9, (c,)),
+                               'var': jnp.exp(normal(10, (c,)))}}
+
+  def run(module):
+    def loss(params, x):
+      y, updated = module.apply(
+          {'params': params, 'batch_stats': variables['batch_stats']}, x,
+          mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(y)), (y, updated)
+    grad = jax.grad(loss, (0, 1), has_aux=True)
+    return jax.jit(jax.vmap(grad, (None, 0), axis_name='devices'))(
+        variables['params'], x)
+
+  axis_name = 'devices' if train else None
+  fast = layers.BatchNorm(axis_name=axis_name, **kwargs)
+  reference = nn.BatchNorm(axis_name=axis_name, **kwargs)
+  chex.assert_trees_all_equal(fast.init(jax.random.key(0), x[0]),
+                              reference.init(jax.random.key(0), x[0]))
+  assert_close(run(fast), run(reference))
+
+
 @pytest.mark.parametrize('shape, batch, integers', [
     ((28, 28, 1), 3, False), ((32, 32, 3), 5, True)])
 def test_seed_cnn_cpu_impl_equals_xla_impl(shape, batch, integers):

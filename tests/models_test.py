@@ -116,4 +116,11 @@ def test_cpu_layers_give_the_gradients_of_xla_layers(name):
       return jnp.sum(logits ** 2)
 
     grads[impl] = jax.grad(loss)(variables['params'])
-  chex.assert_trees_all_close(grads['cpu'], grads['xla'], rtol=1e-4, atol=1e-5)
+  # Float32 rounding through ResNet-20's 19 batch norms on 4 images. Against
+  # a float64 run, relative to each leaf's largest value, 'cpu' was within
+  # 8e-6 and 'xla' (flax's BatchNorm, one reduction over (N, H, W)) 4.4e-5.
+  chex.assert_trees_all_equal_structs(grads['cpu'], grads['xla'])
+  for cpu, xla in zip(jax.tree_util.tree_leaves(grads['cpu']),
+                      jax.tree_util.tree_leaves(grads['xla'])):
+    chex.assert_trees_all_close(cpu, xla, rtol=1e-4,
+                                atol=1e-4 * float(jnp.max(jnp.abs(xla))))
