@@ -203,15 +203,16 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    # As flax's (force_float32_reductions): float32 statistics and
+    # parameters, sums in at least float32.
     ra_mean = self.variable('batch_stats', 'mean',
-                            lambda: jnp.zeros((c,), stats_dtype))
+                            lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var',
-                           lambda: jnp.ones((c,), stats_dtype))
+                           lambda: jnp.ones((c,), jnp.float32))
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      xf = x.astype(stats_dtype)
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
       moments = jnp.stack([sum_to_channels(xf), sum_to_channels(xf * xf)])
       moments /= x.size // c
       if self.axis_name is not None and not self.is_initializing():
@@ -219,10 +220,11 @@ class BatchNorm(nn.Module):
       mean, mean_sq = moments
       var = jnp.maximum(0.0, mean_sq - mean * mean)
       if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    scale = self.param('scale', nn.initializers.ones, (c,), stats_dtype)
-    bias = self.param('bias', nn.initializers.zeros, (c,), stats_dtype)
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * var
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     mul = lax.rsqrt(var + self.epsilon) * scale
     y = (x - broadcast_channels(mean, x.shape)) * broadcast_channels(
         mul, x.shape)

@@ -172,7 +172,8 @@ def test_batch_norm_equals_flax_batch_norm(train, shape):
   kwargs = dict(use_running_average=not train, momentum=0.9)
   x = 2 * normal(6, (3, *shape)) + 1  # 3 members of the named axis.
   c = shape[-1]
-  variables = {'params': {'scale': 1 + normal(7, (c,)), 'bias': normal(8, (c,))},
+  variables = {'params': {'scale': 1 + normal(7, (c,)),
+                          'bias': normal(8, (c,))},
                'batch_stats': {'mean': normal(9, (c,)),
                                'var': jnp.exp(normal(10, (c,)))}}
 
