@@ -23,10 +23,11 @@ class SeedCNN(nn.Module):
   `conv_features` and `hidden` give the widths (the seeds': (64, 128), 1024).
   `batch_norm` puts BatchNorm between each convolution (then without bias)
   and its ReLU; `dropout` drops features before the last Dense layer.
-  `impl` picks how convolutions and pooling are computed, with the same
-  values and parameters: 'xla' (nn.Conv, nn.max_pool), 'cpu' (l2jax.layers,
-  fast on XLA's CPU backend), 'auto' ('cpu' when JAX's default backend is the
-  CPU, else 'xla').
+  `impl` picks how convolutions, biases, batch norm and pooling are
+  computed, with the same values, parameters and statistics: 'xla' (nn.Conv,
+  nn.BatchNorm, nn.max_pool), 'cpu' (l2jax.layers, fast on XLA's CPU
+  backend), 'auto' ('cpu' when JAX's default backend is the CPU, else
+  'xla').
   """
   num_classes: int
   conv_features: Sequence[int] = (64, 128)

@@ -104,6 +104,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_in_row_major_order(pool):
 
 def assert_close(actual, expected):
   """Float tolerance scaled by each array's magnitude."""
+  chex.assert_trees_all_equal_structs(actual, expected)
   for a, e in zip(jax.tree_util.tree_leaves(actual),
                   jax.tree_util.tree_leaves(expected)):
     chex.assert_trees_all_close(a, e, rtol=1e-5,
@@ -193,6 +194,21 @@ def test_batch_norm_equals_flax_batch_norm(train, shape):
   chex.assert_trees_all_equal(fast.init(jax.random.key(0), x[0]),
                               reference.init(jax.random.key(0), x[0]))
   assert_close(run(fast), run(reference))
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_batch_norm_output_dtype_is_flax_batch_norms(train):
+  """bfloat16 in, float32 out (statistics and parameters are float32)."""
+  x = jnp.ones((2, 4, 4, 3), jnp.bfloat16)
+
+  def output(module):
+    variables = module.init(jax.random.key(0), x)
+    return jax.eval_shape(
+        lambda v: module.apply(v, x, mutable=['batch_stats']), variables)
+
+  kwargs = dict(use_running_average=not train)
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      output(layers.BatchNorm(**kwargs)), output(nn.BatchNorm(**kwargs)))
 
 
 @pytest.mark.parametrize('shape, batch, integers', [

@@ -101,13 +101,15 @@ def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
   assert not jnp.allclose(trained[0], trained[1])
 
 
-@pytest.mark.parametrize('name', ['seed_cnn_narrow', 'resnet20'])
-def test_cpu_layers_give_the_gradients_of_xla_layers(name):
+@pytest.mark.parametrize('name, batch_norm', [
+    ('seed_cnn_narrow', True), ('seed_cnn_narrow', False), ('vgg11', False),
+    ('resnet20', True)])
+def test_cpu_layers_give_the_gradients_of_xla_layers(name, batch_norm):
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   grads = {}
   for impl in ('cpu', 'xla'):
     model = models.create_model(name, 10, impl=impl, axis_name=None,
-                                batch_norm=True)
+                                batch_norm=batch_norm)
     variables = model.init(jax.random.key(0), x, train=False)
 
     def loss(params):
