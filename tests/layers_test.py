@@ -27,8 +27,18 @@ PATCH_CONVS = [
     (dict(features=4, kernel_size=(3, 3), padding=((2, 0), (1, 1))),
      (2, 2, 2, 3)),
 ]
+# 3×3, stride 1, padding 1, H and W multiples of 4, 32 or more channels in
+# and out: layers.winograd_conv.
+WINOGRAD_CONVS = [
+    (dict(features=32, kernel_size=(3, 3)), (2, 8, 12, 32)),
+    (dict(features=48, kernel_size=(3, 3), padding=((1, 1), (1, 1))),
+     (1, 4, 4, 64)),
+]
 LAX_CONVS = [
     (dict(features=8, kernel_size=(3, 3)), (3, 16, 16, 64)),
+    (dict(features=32, kernel_size=(3, 3)), (2, 16, 16, 16)),
+    (dict(features=32, kernel_size=(3, 3)), (2, 6, 8, 32)),
+    (dict(features=32, kernel_size=(3, 3), padding='VALID'), (2, 8, 8, 32)),
     (dict(features=6, kernel_size=(3, 3), strides=2), (2, 2, 2, 4)),
     (dict(features=6, kernel_size=(3, 3), kernel_dilation=2), (2, 2, 2, 4)),
     (dict(features=6, kernel_size=(3, 3), feature_group_count=2), (2, 2, 2, 4)),
@@ -125,16 +135,63 @@ def test_conv_value_and_gradients_equal_nn_conv(kwargs, shape, jit):
   assert_close(value_and_vjp(apply(fast), params, x, jit=jit), expected)
 
 
-@pytest.mark.parametrize('kwargs, shape, patches', [
-    (kwargs, shape, True) for kwargs, shape in PATCH_CONVS
-] + [(kwargs, shape, False) for kwargs, shape in LAX_CONVS])
-def test_conv_takes_the_patch_product_only_below_the_kernel_size(
-    kwargs, shape, patches):
+@pytest.mark.parametrize('kwargs, shape, route', [
+    (kwargs, shape, route)
+    for route, convs in (('patches', PATCH_CONVS), ('winograd', WINOGRAD_CONVS),
+                         ('lax', LAX_CONVS))
+    for kwargs, shape in convs])
+def test_conv_routes(kwargs, shape, route):
   fast = nn.Conv(conv_general_dilated=layers.conv_general_dilated, **kwargs)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   params = jax.eval_shape(fast.init, jax.random.key(0), x)
   jaxpr = str(jax.make_jaxpr(fast.apply)(params, x))
-  assert ('conv_general_dilated' not in jaxpr) == patches, jaxpr
+  assert ('conv_general_dilated' in jaxpr) == (route == 'lax'), jaxpr
+  assert ('winograd_conv' in jaxpr) == (route == 'winograd'), jaxpr
+
+
+def float64_conv_and_gradients(x, kernel, g):
+  """A 3×3 'SAME' convolution and its input and kernel gradients at g, as
+  sums over the nine kernel taps in NumPy's float64."""
+  x, kernel, g = (np.asarray(a, np.float64) for a in (x, kernel, g))
+  _, h, w, _ = x.shape
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y, dxp, dkernel = 0., np.zeros_like(xp), np.zeros_like(kernel)
+  for i in range(3):
+    for j in range(3):
+      window = (slice(None), slice(i, i + h), slice(j, j + w))
+      y = y + np.einsum('nhwc,cd->nhwd', xp[window], kernel[i, j])
+      dkernel[i, j] = np.einsum('nhwc,nhwd->cd', xp[window], g)
+      dxp[window] += np.einsum('nhwd,cd->nhwc', g, kernel[i, j])
+  return y, (dxp[:, 1:-1, 1:-1], dkernel)
+
+
+@pytest.mark.parametrize('shape, features, dtype, tolerance', [
+    ((4, 16, 16, 64), 128, jnp.float32, 2e-5),  # The seed network's conv2.
+    ((3, 8, 12, 32), 48, jnp.float32, 2e-5),
+    ((2, 4, 4, 40), 33, jnp.float32, 2e-5),
+    ((1, 4, 8, 1), 2, jnp.float32, 2e-5),
+    ((3, 8, 12, 32), 48, jnp.float64, 1e-12),
+])
+def test_winograd_conv_equals_a_float64_convolution(shape, features, dtype,
+                                                    tolerance):
+  """Output, input and kernel gradients, within `tolerance` of each one's
+  largest value. In float32 Winograd's errors were up to 6e-6 of it (its
+  transforms add and scale by up to 8 and 1/24), XLA's direct convolution's
+  3e-7 to 5e-7."""
+  x = normal(4, shape)
+  kernel = normal(5, (3, 3, shape[-1], features)) / np.sqrt(9 * shape[-1])
+  g = normal(6, (*shape[:3], features))
+  expected = float64_conv_and_gradients(x, kernel, g)
+  with jax.enable_x64(dtype == jnp.float64):
+    x, kernel, g = (a.astype(dtype) for a in (x, kernel, g))
+    y, vjp = jax.vjp(jax.jit(layers.winograd_conv), x, kernel)
+    actual = y, vjp(g)
+  chex.assert_trees_all_equal_shapes(actual, expected)
+  for a, e in zip(jax.tree_util.tree_leaves(actual),
+                  jax.tree_util.tree_leaves(expected)):
+    assert a.dtype == dtype
+    np.testing.assert_allclose(a, e, rtol=0,
+                               atol=tolerance * np.abs(e).max())
 
 
 @pytest.mark.parametrize('kwargs, shape', [
@@ -212,11 +269,12 @@ def test_batch_norm_output_dtype_is_flax_batch_norms(train):
 
 
 @pytest.mark.parametrize('shape, batch, integers', [
-    ((28, 28, 1), 3, False), ((32, 32, 3), 5, True)])
+    ((32, 32, 3), 3, False), ((28, 28, 1), 5, True)])
 def test_seed_cnn_cpu_impl_equals_xla_impl(shape, batch, integers):
-  """Same parameters, logits and gradients. With integer inputs and conv
-  kernels the convolutions are exact and about 1 in 8 of the first pooling
-  windows has a tied maximum."""
+  """Same parameters, logits and gradients. 32×32 inputs take the second
+  convolution (16×16, 64 -> 128) through Winograd. With 28×28 integer inputs
+  and conv kernels both convolutions are lax's and exact, and about 1 in 8
+  of the first pooling windows has a tied maximum."""
   reference = models.SeedCNN(num_classes=10, impl='xla')
   fast = models.SeedCNN(num_classes=10, impl='cpu')
   x = normal(7, (batch, *shape))
