@@ -7,13 +7,13 @@ Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
 synthetic uint8 CIFAR-shaped batch: the first call (which compiles) apart,
 then the median of `--steps` calls, each ended by `jax.block_until_ready`.
-FLOPs per step come from XLA's cost analysis of the compiled step; a jitted
+FLOPs per step come from XLA's cost analysis of the same step compiled with
+XLA's own layers (direct convolutions: the network's nominal count); a jitted
 2048×2048 float32 matmul gives the machine's reference GFLOP/s. When PyTorch
 is installed, the same network and optimizer are timed the same way.
 About a minute on a 2-core CPU.
 """
 
-import functools
 import importlib.util
 import os
 import resource
@@ -111,37 +111,44 @@ def synthetic_data(batch_size: int) -> data_lib.Dataset:
   return data_lib.Dataset(split, None, split, NUM_CLASSES)
 
 
-def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
-  """Builds state and pmapped step as `train.train_and_evaluate` does."""
+def build_step(config, dataset: data_lib.Dataset, steps: int, impl: str):
+  """The pmapped step and its arguments, as `train.train_and_evaluate`
+  builds them, with l2jax.layers' `impl`."""
   num_devices = jax.local_device_count()
-  model = models.create_model(config.model, NUM_CLASSES, impl=FLAGS.impl)
+  model = models.create_model(config.model, NUM_CLASSES, impl=impl)
   # The schedule's length changes no cost; one epoch of `steps + 1` will do.
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, _, penalties = train.initialize(config, model, dataset.image_shape,
                                          steps + 1, init_rng)
-  mean, std = dataset.channel_stats()
-  p_train_step = jax.pmap(
-      functools.partial(
-          train.train_step, mean=mean, std=std, augment_images=config.augment,
-          penalties=penalties),
-      axis_name=train.AXIS, donate_argnums=(0,))
-  state = train.replicate(state)
-  train_rng = jax_utils.replicate(train_rng)
+  p_train_step = train.pmap_train_step(config, penalties,
+                                       *dataset.channel_stats())
   images, labels = next(jax_utils.prefetch_to_device(data_lib.train_batches(
       dataset.train, config.batch_size, num_devices, config.seed, 1), 1))
+  return p_train_step, (train.replicate(state), images, labels,
+                        jax_utils.replicate(train_rng))
+
+
+def step_flops(p_train_step, args) -> float:
+  """XLA's cost analysis of the compiled step, times the devices (each runs
+  its share of the batch)."""
+  cost = p_train_step.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost['flops'] * jax.local_device_count()
+
+
+def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
+  """Times the step with `--impl` and counts its FLOPs."""
+  p_train_step, args = build_step(config, dataset, steps, FLAGS.impl)
+  state, rest = args[0], args[1:]
 
   def step():
     nonlocal state
-    state, metrics = p_train_step(state, images, labels, train_rng)
+    state, metrics = p_train_step(state, *rest)
     jax.block_until_ready((state, metrics))
 
   # Timed before the cost analysis, whose compilation pmap might cache.
   timing = time_calls(step, steps)
-  cost = p_train_step.lower(state, images, labels, train_rng).compile()
-  cost = cost.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # The program is one device's share of the batch; each device runs it.
-  return {**timing, 'flops': cost['flops'] * num_devices,
+  return {**timing, 'flops': step_flops(p_train_step, (state, *rest)),
           'parameters': sum(x[0].size for x in jax.tree.leaves(state.params))}
 
 
@@ -236,7 +243,7 @@ def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
 def report(config, steps: int, load: float, matmul: float,
            results: dict) -> str:
   """Markdown: command, machine, versions, then one column per framework."""
-  flops = results['l2jax']['flops']
+  flops = results['l2jax']['nominal_flops']
   versions = (f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, '
               f'flax {flax.__version__}, optax {optax.__version__}')
   if 'PyTorch' in results:
@@ -258,8 +265,10 @@ def report(config, steps: int, load: float, matmul: float,
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
       f'λ={config.l2.weight}',
       f'- Timing: the first step apart, then the median of {steps} steps',
-      f'- FLOPs: XLA cost analysis of the compiled l2jax step, '
-      f'{flops / 1e9:.2f} GFLOP a step (used for both columns)',
+      f'- FLOPs: XLA cost analysis of the compiled step with XLA\'s own '
+      f'layers (impl xla, direct convolutions), {flops / 1e9:.2f} GFLOP a '
+      f'step, used for both columns; the l2jax step as timed does '
+      f'{results["l2jax"]["flops"] / 1e9:.2f} GFLOP (Winograd convolutions)',
       f'- Reference: float32 {MATMUL_SIZE}×{MATMUL_SIZE} matmul (jitted '
       f'jnp.dot), {matmul:.1f} GFLOP/s',
       '- Memory: the process\'s RSS before each column and its peak '
@@ -313,6 +322,11 @@ def main(argv):
   load = os.getloadavg()[0]
   dataset = synthetic_data(config.batch_size)
   results = {'l2jax': with_memory(time_l2jax, config, dataset, FLAGS.steps)}
+  # The network's nominal FLOPs, for both columns: the step with XLA's own
+  # layers (direct convolutions). l2jax's Winograd convolutions do fewer
+  # multiplications, so its GFLOP/s is an effective rate.
+  results['l2jax']['nominal_flops'] = step_flops(
+      *build_step(config, dataset, 1, 'xla'))
   matmul = matmul_gflops()
   if run_torch:
     results['PyTorch'] = with_memory(time_torch, config, dataset, FLAGS.steps)

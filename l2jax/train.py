@@ -119,6 +119,23 @@ def device_mean(tree):
   return jax.lax.pmean(tree, AXIS)
 
 
+def pmap_train_step(config, penalties: regularization.Penalties, mean, std):
+  """`train_step` pmapped over AXIS, (state, images, labels, rng) ->
+  (state, metrics).
+
+  The old state is donated (its buffers reused for the new one) except on
+  the CPU. There XLA computes each parameter's new value and new momentum in
+  two loops, which both read the old ones, so with donation it first copies
+  every parameter and momentum buffer: the seed network's step took 3.6 ms
+  longer (139.8 against 136.2 ms, median of 48 alternating steps).
+  """
+  return jax.pmap(
+      functools.partial(train_step, mean=mean, std=std,
+                        augment_images=config.augment, penalties=penalties),
+      axis_name=AXIS,
+      donate_argnums=() if jax.default_backend() == 'cpu' else (0,))
+
+
 def apply_with_penalties(apply_fn, params, batch_stats, x, penalties,
                          dropout_key):
   """Logits, the loss's penalty terms by metric name, and the updated batch
@@ -373,11 +390,7 @@ def _train(config, workdir, dataset, steps_per_epoch, checkpointer) -> dict:
                                  write=process[0] == 0)
 
   mean, std = dataset.channel_stats()
-  p_train_step = jax.pmap(
-      functools.partial(
-          train_step, mean=mean, std=std, augment_images=config.augment,
-          penalties=penalties),
-      axis_name=AXIS, donate_argnums=(0,))
+  p_train_step = pmap_train_step(config, penalties, mean, std)
   p_eval_step = jax.pmap(
       functools.partial(eval_step, apply_fn=model.apply, mean=mean, std=std),
       axis_name=AXIS)

@@ -26,6 +26,10 @@ def test_report_has_every_row_and_equal_parameter_counts(tmp_path):
       8 * 8 * 32 * 256 + 256) + (256 * 10 + 10)
   assert rows['parameters'] == [f'{expected:,}'] * (2 if HAS_TORCH else 1)
   assert float(rows['images/s'][0]) > 0
+  nominal, executed = map(float, re.search(
+      r'impl xla, direct convolutions\), ([\d.]+) GFLOP .* does ([\d.]+) '
+      r'GFLOP', report).groups())
+  assert nominal > 0 and executed > 0, report
   if HAS_TORCH:
     assert re.search(r'l2jax / PyTorch images/s: \d+\.\d\d', report), report
 
