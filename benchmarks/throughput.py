@@ -54,7 +54,7 @@ flags.DEFINE_bool('torch', None,
                   'Also time PyTorch; default: when installed.')
 flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
 flags.DEFINE_enum('impl', 'auto', ['auto', 'cpu', 'xla'],
-                  "The model's conv/pool implementation (SeedCNN.impl).")
+                  "The model's layers (config.impl).")
 flags.DEFINE_bool('configure_cpu', True,
                   'Apply l2jax.cpu.configure() first, as l2jax.main does; '
                   'with --noconfigure_cpu both columns run without it.')
@@ -111,11 +111,11 @@ def synthetic_data(batch_size: int) -> data_lib.Dataset:
   return data_lib.Dataset(split, None, split, NUM_CLASSES)
 
 
-def build_step(config, dataset: data_lib.Dataset, steps: int, impl: str):
+def build_step(config, dataset: data_lib.Dataset, steps: int):
   """The pmapped step and its arguments, as `train.train_and_evaluate`
-  builds them, with l2jax.layers' `impl`."""
+  builds them."""
   num_devices = jax.local_device_count()
-  model = models.create_model(config.model, NUM_CLASSES, impl=impl)
+  model = models.from_config(config, NUM_CLASSES)
   # The schedule's length changes no cost; one epoch of `steps + 1` will do.
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, _, penalties = train.initialize(config, model, dataset.image_shape,
@@ -137,8 +137,8 @@ def step_flops(p_train_step, args) -> float:
 
 
 def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
-  """Times the step with `--impl` and counts its FLOPs."""
-  p_train_step, args = build_step(config, dataset, steps, FLAGS.impl)
+  """Times the step and counts its FLOPs."""
+  p_train_step, args = build_step(config, dataset, steps)
   state, rest = args[0], args[1:]
 
   def step():
@@ -259,16 +259,17 @@ def report(config, steps: int, load: float, matmul: float,
       f'- Process settings: l2jax.cpu.configure() '
       f'{"applied" if FLAGS.configure_cpu else "not applied"} '
       f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r})',
-      f'- Step: {config.model} (impl {FLAGS.impl}: '
-      f'{layers.resolve_impl(FLAGS.impl)}), batch {config.batch_size} of '
+      f'- Step: {config.model} (impl {config.impl}: '
+      f'{layers.resolve_impl(config.impl)}), batch {config.batch_size} of '
       f'{IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, augment {config.augment}; '
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
       f'λ={config.l2.weight}',
       f'- Timing: the first step apart, then the median of {steps} steps',
       f'- FLOPs: XLA cost analysis of the compiled step with XLA\'s own '
-      f'layers (impl xla, direct convolutions), {flops / 1e9:.2f} GFLOP a '
+      f'layers (impl xla, direct convolutions), {flops / 1e9:.4g} GFLOP a '
       f'step, used for both columns; the l2jax step as timed does '
-      f'{results["l2jax"]["flops"] / 1e9:.2f} GFLOP (Winograd convolutions)',
+      f'{results["l2jax"]["flops"] / 1e9:.4g} (fewer where its convolutions '
+      f'are Winograd\'s)',
       f'- Reference: float32 {MATMUL_SIZE}×{MATMUL_SIZE} matmul (jitted '
       f'jnp.dot), {matmul:.1f} GFLOP/s',
       '- Memory: the process\'s RSS before each column and its peak '
@@ -282,8 +283,8 @@ def report(config, steps: int, load: float, matmul: float,
           f'{1e3 * r["median_s"]:.1f} ({1e3 * r["min_s"]:.0f}–'
           f'{1e3 * r["max_s"]:.0f})'),
       'images/s': lambda r: f'{config.batch_size / r["median_s"]:.1f}',
-      'GFLOP/s': lambda r: f'{flops / r["median_s"] / 1e9:.2f}',
-      'fraction of matmul GFLOP/s': (
+      'GFLOP/s (nominal FLOPs)': lambda r: f'{flops / r["median_s"] / 1e9:.2f}',
+      'fraction of matmul GFLOP/s (nominal FLOPs)': (
           lambda r: f'{flops / r["median_s"] / 1e9 / matmul:.1%}'),
       'RSS before [MiB]': lambda r: f'{r["rss_before_mib"]:.0f}',
       'peak RSS during [MiB]': lambda r: f'{r["peak_rss_mib"]:.0f}',
@@ -304,7 +305,7 @@ def main(argv):
     cpu.configure()  # As l2jax.main does, before JAX runs anything.
   config = cifar.get_config()
   config.model, config.batch_size = FLAGS.model, FLAGS.batch_size
-  config.augment = FLAGS.augment
+  config.augment, config.impl = FLAGS.augment, FLAGS.impl
   has_torch = importlib.util.find_spec('torch') is not None
   run_torch = FLAGS.torch
   if run_torch is None:  # Neither --torch nor --notorch.
@@ -325,8 +326,10 @@ def main(argv):
   # The network's nominal FLOPs, for both columns: the step with XLA's own
   # layers (direct convolutions). l2jax's Winograd convolutions do fewer
   # multiplications, so its GFLOP/s is an effective rate.
+  direct = config.copy_and_resolve_references()
+  direct.impl = 'xla'
   results['l2jax']['nominal_flops'] = step_flops(
-      *build_step(config, dataset, 1, 'xla'))
+      *build_step(direct, dataset, 1))
   matmul = matmul_gflops()
   if run_torch:
     results['PyTorch'] = with_memory(time_torch, config, dataset, FLAGS.steps)

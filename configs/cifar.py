@@ -27,6 +27,10 @@ def get_config():
   config.model = 'seed_cnn'  # seed_cnn | seed_cnn_narrow | vgg11 | vgg16 | resnet20
   config.batch_norm = False  # After each convolution (resnet20: always).
   config.dropout = 0.0  # Before the last Dense layer.
+  # Layers: auto (cpu on the CPU, else xla) | cpu (l2jax.layers: Winograd
+  # convolutions, float32 rounding up to ~6e-6 of the largest value) | xla
+  # (flax's own layers and XLA's direct convolutions).
+  config.impl = 'auto'
 
   # Optimizer: the update direction, and α_t = learning_rate · η_t.
   config.optimizer = 'sgd'  # sgd | adam

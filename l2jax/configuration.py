@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from l2jax import data
+from l2jax import layers
 from l2jax import models
 from l2jax import optim
 from l2jax import regularization
@@ -51,6 +52,7 @@ def validate(config, num_devices: int) -> None:
              f'config.{name}={config[name]!r} has no effect with '
              f'config.dataset={config.dataset}; it is for TFDS data sets')
   _choice(config.model, 'model', tuple(models.MODELS))
+  _choice(config.impl, 'impl', layers.IMPLS)
   _choice(config.optimizer, 'optimizer', optim.OPTIMIZERS)
   _choice(config.schedule, 'schedule', optim.SCHEDULES)
   _choice(config.l2.mode, 'l2.mode', optim.L2_MODES)

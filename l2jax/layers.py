@@ -166,10 +166,13 @@ def _overlap_add(parts, axis):
   shape[axis] *= 4
   head = jnp.stack(parts[:4], axis + 1).reshape(shape)
   tail = jnp.stack([*parts[4:], zeros, zeros], axis + 1).reshape(shape)
-  pads = lambda lo, hi: [(lo, hi, 0) if i == axis else (0, 0, 0)
-                         for i in range(len(shape))]
-  zero = jnp.zeros((), head.dtype)
-  return lax.pad(head, zero, pads(0, 2)) + lax.pad(tail, zero, pads(4, -2))
+
+  def pad(x, low, high):
+    config = [(low, high, 0) if i == axis else (0, 0, 0)
+              for i in range(x.ndim)]
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+  return pad(head, 0, 2) + pad(tail, 4, -2)
 
 
 def _tiles(x):
@@ -222,13 +225,13 @@ def _kernel_tiles_transpose(u):
 
 
 def _batched_dot(a, b, contract):
+  """The 36 tile products: a dot batched over axis 0, contracting the
+  (lhs, rhs) axes `contract`."""
   return lax.dot_general(a, b, (contract, ((0,), (0,))))
 
 
 @jax.custom_vjp
-def winograd_conv(x, kernel):
-  """`lax.conv_general_dilated(x, kernel, (1, 1), 'SAME')`, NHWC × HWIO,
-  for a 3×3 kernel and H, W multiples of 4, by Winograd's F(4×4, 3×3)."""
+def _winograd(x, kernel):
   return _winograd_fwd(x, kernel)[0]
 
 
@@ -247,7 +250,17 @@ def _winograd_bwd(res, g):
   return dx, dkernel
 
 
-winograd_conv.defvjp(_winograd_fwd, _winograd_bwd)
+_winograd.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+# Jitted: run op by op (as in an unjitted model.init), its ~200 small ops
+# took seconds per layer.
+@jax.jit
+def winograd_conv(x, kernel):
+  """`lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)))`,
+  NHWC × HWIO, for a 3×3 kernel and H, W multiples of 4, by Winograd's
+  F(4×4, 3×3). A custom VJP: reverse-mode differentiation only."""
+  return _winograd(x, kernel)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,

@@ -194,6 +194,7 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
 
 
 def from_config(config, num_classes: int) -> nn.Module:
-  """`config.model` with `config.batch_norm` and `config.dropout`."""
+  """`config.model` with `config.batch_norm`, `config.dropout` and
+  `config.impl`."""
   return create_model(config.model, num_classes, batch_norm=config.batch_norm,
-                      dropout=config.dropout)
+                      dropout=config.dropout, impl=config.impl)

@@ -85,6 +85,7 @@ def test_shipped_configs_and_masks_pass(get_config, model, mask):
     (dict(dataset='folder:/data/x', data_dir='/tfds'),
      ["config.data_dir='/tfds' has no effect", 'folder:/data/x']),
     (dict(model='resnet'), ["config.model='resnet' is not one of seed_cnn"]),
+    (dict(impl='gpu'), ["config.impl='gpu' is not one of auto, cpu, xla"]),
 ])
 def test_wrong_values_are_named(changes, fragments):
   config = cifar.get_config()

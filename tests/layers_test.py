@@ -112,27 +112,32 @@ def test_max_pool_gradient_goes_to_the_first_maximum_in_row_major_order(pool):
   np.testing.assert_array_equal(dx.reshape(2, 2), [[0., 1.], [0., 0.]])
 
 
-def assert_close(actual, expected):
+def assert_close(actual, expected, tolerance=1e-5):
   """Float tolerance scaled by each array's magnitude."""
   chex.assert_trees_all_equal_structs(actual, expected)
   for a, e in zip(jax.tree_util.tree_leaves(actual),
                   jax.tree_util.tree_leaves(expected)):
-    chex.assert_trees_all_close(a, e, rtol=1e-5,
-                                atol=1e-5 * float(jnp.max(jnp.abs(e))))
+    chex.assert_trees_all_close(a, e, rtol=tolerance,
+                                atol=tolerance * float(jnp.max(jnp.abs(e))))
 
 
-@pytest.mark.parametrize('kwargs, shape, jit', [
-    (kwargs, shape, True) for kwargs, shape in PATCH_CONVS + LAX_CONVS
-] + [(*PATCH_CONVS[1], False), (*PATCH_CONVS[4], False)])
-def test_conv_value_and_gradients_equal_nn_conv(kwargs, shape, jit):
-  """Output and the gradients for kernel, bias and input, as nn.Conv's."""
+@pytest.mark.parametrize('kwargs, shape, jit, tolerance', [
+    (kwargs, shape, True, 1e-5) for kwargs, shape in PATCH_CONVS + LAX_CONVS
+] + [(kwargs, shape, True, 3e-5) for kwargs, shape in WINOGRAD_CONVS] + [
+    (*PATCH_CONVS[1], False, 1e-5), (*PATCH_CONVS[4], False, 1e-5),
+    (*WINOGRAD_CONVS[1], False, 3e-5)])
+def test_conv_value_and_gradients_equal_nn_conv(kwargs, shape, jit,
+                                                tolerance):
+  """Output and the gradients for kernel, bias and input, as nn.Conv's;
+  Winograd's rounding (6e-6 of the largest value, from float64) allowed."""
   reference = nn.Conv(**kwargs)
   fast = nn.Conv(conv_general_dilated=layers.conv_general_dilated, **kwargs)
   x = normal(2, shape)
   params = random_params(reference, x, 3)
   apply = lambda module: (lambda p, x: module.apply({'params': p}, x))
   expected = value_and_vjp(apply(reference), params, x, jit=jit)
-  assert_close(value_and_vjp(apply(fast), params, x, jit=jit), expected)
+  assert_close(value_and_vjp(apply(fast), params, x, jit=jit), expected,
+               tolerance)
 
 
 @pytest.mark.parametrize('kwargs, shape, route', [
@@ -146,6 +151,23 @@ def test_conv_routes(kwargs, shape, route):
   params = jax.eval_shape(fast.init, jax.random.key(0), x)
   jaxpr = str(jax.make_jaxpr(fast.apply)(params, x))
   assert ('conv_general_dilated' in jaxpr) == (route == 'lax'), jaxpr
+  assert ('winograd_conv' in jaxpr) == (route == 'winograd'), jaxpr
+
+
+@pytest.mark.parametrize('dtype, padding, route', [
+    (jnp.float32, 'SAME', 'winograd'), (jnp.float64, 'SAME', 'winograd'),
+    (jnp.float32, ((1, 1), (1, 1)), 'winograd'),
+    (jnp.bfloat16, 'SAME', 'lax'), (jnp.float16, 'SAME', 'lax'),
+    (jnp.float32, ((1, 1), (0, 2)), 'lax')])
+def test_conv_routes_only_float32_and_float64_with_padding_1(dtype, padding,
+                                                             route):
+  x = jax.ShapeDtypeStruct((2, 8, 8, 32), dtype)
+  kernel = jax.ShapeDtypeStruct((3, 3, 32, 32), dtype)
+  with jax.enable_x64(dtype == jnp.float64):
+    jaxpr = str(jax.make_jaxpr(
+        lambda x, k: layers.conv_general_dilated(
+            x, k, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    )(x, kernel))
   assert ('winograd_conv' in jaxpr) == (route == 'winograd'), jaxpr
 
 

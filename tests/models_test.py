@@ -1,10 +1,13 @@
 """The seed network's shapes and parameter count, counted by hand."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import cifar
 from l2jax import models
 
 
@@ -18,7 +21,7 @@ def count(params) -> int:
 def test_seed_cnn_shapes_and_parameter_count(shape, classes):
   model = models.create_model('seed_cnn', classes)
   x = jnp.zeros((5, *shape))
-  params = model.init(jax.random.key(0), x)['params']
+  params = jax.eval_shape(model.init, jax.random.key(0), x)['params']
   height, width, channels = shape
   flat = (height // 4) * (width // 4) * 128  # Two 2x2 pools, 128 channels.
   expected = ((3 * 3 * channels * 64 + 64) + (3 * 3 * 64 * 128 + 128)
@@ -28,27 +31,32 @@ def test_seed_cnn_shapes_and_parameter_count(shape, classes):
   chex.assert_shape(params['Conv_1']['kernel'], (3, 3, 64, 128))
   chex.assert_shape(params['Dense_0']['kernel'], (flat, 1024))
   chex.assert_shape(params['Dense_1']['kernel'], (1024, classes))
-  chex.assert_shape(model.apply({'params': params}, x), (5, classes))
+  chex.assert_shape(jax.eval_shape(model.apply, {'params': params}, x),
+                    (5, classes))
 
 
 def test_narrow_variant_has_a_quarter_of_the_widths():
-  model = models.create_model('seed_cnn_narrow', 10)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  params = shapes('seed_cnn_narrow')['params']
   assert count(params) == ((3 * 3 * 3 * 16 + 16) + (3 * 3 * 16 * 32 + 32)
                            + (8 * 8 * 32 * 256 + 256) + (256 * 10 + 10))
 
 
 def test_cifar_seed_cnn_has_8_475_530_parameters():
   # 1,792 + 73,856 + 8,389,632 + 10,250, as PyTorch reports for the seed.
-  model = models.create_model('seed_cnn', 10)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-  assert count(params) == 8_475_530
+  assert count(shapes('seed_cnn')['params']) == 8_475_530
 
 
 def init(name, **options):
   model = models.create_model(name, 10, **options)
   return model, jax.jit(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))()
+
+
+def shapes(name, **options):
+  """The variables' shapes and dtypes, without running the model."""
+  model = models.create_model(name, 10, **options)
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
 
 
 def conv_count(params) -> int:
@@ -60,7 +68,7 @@ def conv_count(params) -> int:
     # published convolution parameter counts.
     ('vgg16', 14_714_688), ('vgg11', 9_220_480)])
 def test_vgg_has_the_published_convolution_parameters(name, conv_params):
-  _, variables = init(name)
+  variables = shapes(name)
   params = variables['params']
   assert conv_count(params) == conv_params
   assert count(params) == conv_params + 512 * 10 + 10
@@ -68,7 +76,7 @@ def test_vgg_has_the_published_convolution_parameters(name, conv_params):
 
 
 def test_vgg_with_batch_norm_drops_conv_biases_for_norm_scales_and_shifts():
-  _, variables = init('vgg16', batch_norm=True)
+  variables = shapes('vgg16', batch_norm=True)
   widths = [w for w in models.VGG_LAYERS[16] if w != 'M']
   biases = sum(widths)
   # Each BatchNorm: scale and bias (params), mean and var (batch_stats).
@@ -79,7 +87,7 @@ def test_vgg_with_batch_norm_drops_conv_biases_for_norm_scales_and_shifts():
 def test_resnet20_has_0_27_million_parameters():
   # He et al. (2016), Table 6: ResNet-20, 0.27M; 269,722 with the
   # parameter-free shortcut, as the reference reimplementations count.
-  _, variables = init('resnet20')
+  variables = shapes('resnet20')
   assert count(variables['params']) == 269_722
   convs = 16 * 3 * 9 + sum(9 * c_in * c_out for c_in, c_out in (
       [(16, 16)] * 6 + [(16, 32)] + [(32, 32)] * 5 + [(32, 64)]
@@ -102,27 +110,35 @@ def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
 
 
 @pytest.mark.parametrize('name, batch_norm', [
-    ('seed_cnn_narrow', True), ('seed_cnn_narrow', False), ('vgg11', False),
-    ('resnet20', True)])
+    ('seed_cnn', False), ('seed_cnn_narrow', True), ('seed_cnn_narrow', False),
+    ('vgg11', False), ('resnet20', True)])
 def test_cpu_layers_give_the_gradients_of_xla_layers(name, batch_norm):
   """In float64, so that rounding cannot hide a wrong formula: float32's
   rounding, amplified by 4-image batch norms and by Winograd's transforms,
   reached 1e-2 of a kernel gradient's largest value (ResNet-20's), where
-  float64's differences stay below 1e-13. VGG-11 and ResNet-20 take their
-  32-channel and wider 3×3 convolutions through `layers.winograd_conv`."""
+  float64's differences stay below 1e-13. The seed network, VGG-11 and
+  ResNet-20 take their 3×3 convolutions of 32 or more channels through
+  `layers.winograd_conv`."""
   grads = {}
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3), jnp.float64)
+    model = {impl: models.create_model(name, 10, impl=impl, axis_name=None,
+                                       batch_norm=batch_norm)
+             for impl in ('cpu', 'xla')}
+    init = {impl: functools.partial(m.init, train=False)
+            for impl, m in model.items()}
+    variables = init['xla'](jax.random.key(0), x)
+    # One initialization for both (the cpu impl's would take seconds, its
+    # Winograd convolutions compiled one by one): the trees are the same.
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        jax.eval_shape(init['cpu'], jax.random.key(0), x), variables)
+    variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64),
+                                       variables)
     for impl in ('cpu', 'xla'):
-      model = models.create_model(name, 10, impl=impl, axis_name=None,
-                                  batch_norm=batch_norm)
-      variables = jax.tree_util.tree_map(
-          lambda v: v.astype(jnp.float64),
-          model.init(jax.random.key(0), x, train=False))
 
-      def loss(params):
-        logits, _ = model.apply({**variables, 'params': params}, x,
-                                train=True, mutable=['batch_stats'])
+      def loss(params, apply=model[impl].apply):
+        logits, _ = apply({**variables, 'params': params}, x, train=True,
+                          mutable=['batch_stats'])
         return jnp.sum(logits ** 2)
 
       grads[impl] = jax.jit(jax.grad(loss))(variables['params'])
@@ -132,3 +148,11 @@ def test_cpu_layers_give_the_gradients_of_xla_layers(name, batch_norm):
       chex.assert_type(cpu, jnp.float64)
       chex.assert_trees_all_close(cpu, xla, rtol=1e-10,
                                   atol=1e-10 * float(jnp.max(jnp.abs(xla))))
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+@pytest.mark.parametrize('impl', ['cpu', 'xla'])
+def test_from_config_builds_the_configured_impl(name, impl):
+  config = cifar.get_config()
+  config.model, config.impl = name, impl
+  assert models.from_config(config, 10).impl == impl

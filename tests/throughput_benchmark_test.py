@@ -3,6 +3,8 @@
 import importlib.util
 import re
 
+import numpy as np
+
 from conftest import run_benchmark
 
 HAS_TORCH = importlib.util.find_spec('torch') is not None
@@ -19,7 +21,8 @@ def test_report_has_every_row_and_equal_parameter_counts(tmp_path):
   rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
           for line in report.splitlines() if line.startswith('| ')}
   for name in ('parameters', 'median step [ms] (min–max)', 'images/s',
-               'fraction of matmul GFLOP/s', 'peak RSS during [MiB]'):
+               'fraction of matmul GFLOP/s (nominal FLOPs)',
+               'peak RSS during [MiB]'):
     assert len(rows[name]) == (2 if HAS_TORCH else 1), (name, report)
   # SeedCNN(16, 32 convolutions, 256 hidden) on 32x32x3, counted by hand.
   expected = (3 * 3 * 3 * 16 + 16) + (3 * 3 * 16 * 32 + 32) + (
@@ -27,9 +30,13 @@ def test_report_has_every_row_and_equal_parameter_counts(tmp_path):
   assert rows['parameters'] == [f'{expected:,}'] * (2 if HAS_TORCH else 1)
   assert float(rows['images/s'][0]) > 0
   nominal, executed = map(float, re.search(
-      r'impl xla, direct convolutions\), ([\d.]+) GFLOP .* does ([\d.]+) '
-      r'GFLOP', report).groups())
+      r'impl xla, direct convolutions\), ([\d.]+) GFLOP .* does ([\d.]+) ',
+      report).groups())
   assert nominal > 0 and executed > 0, report
+  # The rate is the nominal count over the median step (both rounded).
+  median_ms = float(rows['median step [ms] (min–max)'][0].split()[0])
+  np.testing.assert_allclose(float(rows['GFLOP/s (nominal FLOPs)'][0]),
+                             nominal / median_ms * 1e3, rtol=0.05)
   if HAS_TORCH:
     assert re.search(r'l2jax / PyTorch images/s: \d+\.\d\d', report), report
 
