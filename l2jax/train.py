@@ -47,10 +47,10 @@ def initialize(config, model, image_shape, steps_per_epoch: int, rng):
   which are then also the L2-SP anchor w₀. Every mask in use must select
   something.
   """
-  # Jitted: op by op, each of l2jax.layers' Winograd convolutions compiled
-  # apart (VGG-11: 5.4 s against 3.8).
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      rng, jnp.zeros((1, *image_shape), jnp.float32))
+  # Op by op: a jitted init would compile anew for each run in a process
+  # (the benchmarks' cells); op by op, the compiled ops are reused.
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
+                         train=False)
   params = variables['params']
   anchor = None
   if config.l2sp.init_from:
