@@ -53,7 +53,7 @@ flags.DEFINE_bool('augment', False, 'Crop and flip inside the step.')
 flags.DEFINE_bool('torch', None,
                   'Also time PyTorch; default: when installed.')
 flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
-flags.DEFINE_enum('impl', 'auto', ['auto', 'cpu', 'xla'],
+flags.DEFINE_enum('impl', 'auto', list(layers.IMPLS),
                   "The model's layers (config.impl).")
 flags.DEFINE_bool('configure_cpu', True,
                   'Apply l2jax.cpu.configure() first, as l2jax.main does; '

@@ -16,18 +16,19 @@ from l2jax import models
 from l2jax import train
 
 
-def test_train_step_compiles_once():
+def test_train_step_compiles_once(monkeypatch):
   config = cifar.get_config()
   config.l1.weight, config.activity_l2.weight = 1e-4, 1e-3  # Every loss term.
+  config.augment = True
   model = models.create_model('seed_cnn_narrow', 10)
   state, _, penalties = train.initialize(config, model, (8, 8, 3), 10,
                                          jax.random.key(0))
-  step = chex.assert_max_traces(train.train_step, n=1)
-  p_step = jax.pmap(
-      functools.partial(step, mean=np.zeros(3, np.float32),
-                        std=np.ones(3, np.float32), augment_images=True,
-                        penalties=penalties),
-      axis_name=train.AXIS, donate_argnums=(0,))
+  # The step as training builds it, around a train_step that counts traces.
+  monkeypatch.setattr(train, 'train_step',
+                      chex.assert_max_traces(train.train_step, n=1))
+  p_step = train.pmap_train_step(config, penalties,
+                                 np.zeros(3, np.float32),
+                                 np.ones(3, np.float32))
   state = train.replicate(state)
   rng = train.replicate(jax.random.key(1))
   n = jax.local_device_count()
