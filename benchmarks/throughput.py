@@ -1,7 +1,7 @@
 """Training-step throughput of l2jax, and of PyTorch, on this machine's CPU.
 
-    python benchmarks/throughput.py [--model=seed_cnn --batch_size=128
-        --steps=20 --augment --notorch --impl=auto --out=/tmp/throughput.md]
+    python -m benchmarks.throughput [--model=seed_cnn --batch_size=128
+        --steps=20 --augment --notorch --layers=auto --out=/tmp/throughput.md]
 
 Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
@@ -17,7 +17,6 @@ About a minute on a 2-core CPU.
 import importlib.util
 import os
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -32,15 +31,12 @@ import jaxlib
 import numpy as np
 import optax
 
-# Run as a script from anywhere: the repository root holds l2jax/, configs/.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from benchmarks import common
+from benchmarks import sweep
 from configs import cifar
 from l2jax import configuration
 from l2jax import cpu
 from l2jax import data as data_lib
-from l2jax import layers
+from l2jax import devices
 from l2jax import models
 from l2jax import train
 from l2jax.errors import L2JaxError
@@ -53,8 +49,8 @@ flags.DEFINE_bool('augment', False, 'Crop and flip inside the step.')
 flags.DEFINE_bool('torch', None,
                   'Also time PyTorch; default: when installed.')
 flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
-flags.DEFINE_enum('impl', 'auto', list(layers.IMPLS),
-                  "The model's layers (config.impl).")
+flags.DEFINE_enum('layers', 'auto', list(models.LAYER_CHOICES),
+                  "The model's layer set (config.layers).")
 flags.DEFINE_bool('configure_cpu', True,
                   'Apply l2jax.cpu.configure() first, as l2jax.main does; '
                   'with --noconfigure_cpu both columns run without it.')
@@ -114,17 +110,17 @@ def synthetic_data(batch_size: int) -> data_lib.Dataset:
 def build_step(config, dataset: data_lib.Dataset, steps: int):
   """The pmapped step and its arguments, as `train.train_and_evaluate`
   builds them."""
-  num_devices = jax.local_device_count()
   model = models.from_config(config, NUM_CLASSES)
   # The schedule's length changes no cost; one epoch of `steps + 1` will do.
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, _, penalties = train.initialize(config, model, dataset.image_shape,
                                          steps + 1, init_rng)
   p_train_step = train.pmap_train_step(config, penalties,
-                                       *dataset.channel_stats())
+                                       *dataset.channel_stats(), steps + 1)
   images, labels = next(jax_utils.prefetch_to_device(data_lib.train_batches(
-      dataset.train, config.batch_size, num_devices, config.seed, 1), 1))
-  return p_train_step, (train.replicate(state), images, labels,
+      dataset.train, config.batch_size, config.seed, 1,
+      host=devices.host()), 1))
+  return p_train_step, (devices.replicate(state), images, labels,
                         jax_utils.replicate(train_rng))
 
 
@@ -251,23 +247,24 @@ def report(config, steps: int, load: float, matmul: float,
                  f'({results["PyTorch"]["threads"]} threads)')
   lines = [
       '# Training-step throughput', '',
-      '    ' + shlex.join(['python'] + sys.argv), '',
-      f'- Machine: {common.cpu_model()}, {os.cpu_count()} cores; JAX on '
+      '    ' + sweep.command_line(), '',
+      f'- Machine: {sweep.cpu_model()}, {os.cpu_count()} cores; JAX on '
       f'{jax.local_device_count()} {jax.default_backend()} device(s); '
       f'load average {load:.2f} before the run',
       f'- Versions: {versions}',
       f'- Process settings: l2jax.cpu.configure() '
       f'{"applied" if FLAGS.configure_cpu else "not applied"} '
       f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r})',
-      f'- Step: {config.model} (impl {config.impl}: '
-      f'{layers.resolve_impl(config.impl)}), batch {config.batch_size} of '
-      f'{IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, augment {config.augment}; '
+      f'- Step: {config.model} (layers {config.layers}: '
+      f'{models.layer_set(config.layers).name}), batch '
+      f'{config.batch_size} of {IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, '
+      f'augment {config.augment}; '
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
       f'λ={config.l2.weight}',
       f'- Timing: the first step apart, then the median of {steps} steps',
       f'- FLOPs: XLA cost analysis of the compiled step with XLA\'s own '
-      f'layers (impl xla, direct convolutions), {flops / 1e9:.4g} GFLOP a '
-      f'step, used for both columns; the l2jax step as timed does '
+      f'layers (--layers=flax, direct convolutions), {flops / 1e9:.4g} GFLOP '
+      f'a step, used for both columns; the l2jax step as timed does '
       f'{results["l2jax"]["flops"] / 1e9:.4g} (fewer where its convolutions '
       f'are Winograd\'s)',
       f'- Reference: float32 {MATMUL_SIZE}×{MATMUL_SIZE} matmul (jitted '
@@ -305,7 +302,7 @@ def main(argv):
     cpu.configure()  # As l2jax.main does, before JAX runs anything.
   config = cifar.get_config()
   config.model, config.batch_size = FLAGS.model, FLAGS.batch_size
-  config.augment, config.impl = FLAGS.augment, FLAGS.impl
+  config.augment, config.layers = FLAGS.augment, FLAGS.layers
   has_torch = importlib.util.find_spec('torch') is not None
   run_torch = FLAGS.torch
   if run_torch is None:  # Neither --torch nor --notorch.
@@ -327,7 +324,7 @@ def main(argv):
   # layers (direct convolutions). l2jax's Winograd convolutions do fewer
   # multiplications, so its GFLOP/s is an effective rate.
   direct = config.copy_and_resolve_references()
-  direct.impl = 'xla'
+  direct.layers = 'flax'
   results['l2jax']['nominal_flops'] = step_flops(
       *build_step(direct, dataset, 1))
   matmul = matmul_gflops()

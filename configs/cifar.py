@@ -24,13 +24,13 @@ def get_config():
   config.max_train_examples = 0  # 0 = all.
   config.augment = True  # Random crop after 4-pixel padding, horizontal flip.
 
-  config.model = 'seed_cnn'  # seed_cnn | seed_cnn_narrow | vgg11 | vgg16 | resnet20
+  config.model = 'seed_cnn'  # seed_cnn | seed_cnn_narrow | vgg11 | vgg16 | resnet20 | allconv_bn
   config.batch_norm = False  # After each convolution (resnet20: always).
   config.dropout = 0.0  # Before the last Dense layer.
-  # Layers: auto (cpu on the CPU, else xla) | cpu (l2jax.layers: Winograd
-  # convolutions, float32 rounding up to ~6e-6 of the largest value) | xla
-  # (flax's own layers and XLA's direct convolutions).
-  config.impl = 'auto'
+  # Layers: auto (cpu_tuned on the CPU, else flax) | cpu_tuned
+  # (l2jax.cpu.layers: Winograd convolutions, float32 rounding up to ~6e-6 of
+  # the largest value) | flax (flax's own layers, XLA's direct convolutions).
+  config.layers = 'auto'
 
   # Optimizer: the update direction, and α_t = learning_rate · η_t.
   config.optimizer = 'sgd'  # sgd | adam

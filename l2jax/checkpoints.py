@@ -1,8 +1,7 @@
 """Orbax checkpoints of a run, under the global step, in workdir/checkpoints.
 
 Each checkpoint holds the train state ({params, opt_state, step,
-batch_stats}) and, as
-JSON, the run's config and the step metrics of the epoch in progress. The
+batch_stats}) and, as JSON, the run's config and the step metrics of the epoch in progress. The
 data order and the random keys derive from (seed, epoch, step), so that is
 all a resumed run needs to go on exactly as if it had not stopped.
 
@@ -20,9 +19,7 @@ import orbax.checkpoint as ocp
 
 from l2jax.errors import ConfigError, L2JaxError
 
-# The folder of a checkpoint holding {params, opt_state, step,
-# batch_stats}: `save`'s
-# `state` item.
+# The folder of a checkpoint holding {params, opt_state, step, batch_stats}.
 STATE = 'state'
 # Config values a resumed run may change: where data and outputs live and
 # how often to evaluate or save; nothing that changes the trained weights.
@@ -119,8 +116,15 @@ class Checkpointer:
     return None, None
 
   def close(self) -> None:
+    """Waits for the last save, then releases orbax's resources."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()  # Also on errors: the last save completes.
 
 
 def _contents(state: train_state.TrainState) -> dict:

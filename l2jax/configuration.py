@@ -3,12 +3,9 @@
 import math
 import numbers
 import os
-
-import jax
-import jax.numpy as jnp
+from typing import Optional
 
 from l2jax import data
-from l2jax import layers
 from l2jax import models
 from l2jax import optim
 from l2jax import regularization
@@ -52,18 +49,16 @@ def validate(config, num_devices: int) -> None:
              f'config.{name}={config[name]!r} has no effect with '
              f'config.dataset={config.dataset}; it is for TFDS data sets')
   _choice(config.model, 'model', tuple(models.MODELS))
-  _choice(config.impl, 'impl', layers.IMPLS)
+  _choice(config.layers, 'layers', models.LAYER_CHOICES)
   _choice(config.optimizer, 'optimizer', optim.OPTIMIZERS)
   _choice(config.schedule, 'schedule', optim.SCHEDULES)
   _choice(config.l2.mode, 'l2.mode', optim.L2_MODES)
   _number(config, 'l2.weight', low=0)
-  _require(isinstance(config.l2.mask, str) and config.l2.mask,
-           'config.l2.mask is empty; use kernels, all or a regex')
   _require(config.l2.mode != 'none' or config.l2.weight == 0,
            f'config.l2.weight={config.l2.weight} has no effect with '
            'config.l2.mode=none; set the weight to 0 or choose a mode')
   _regularizers(config)
-  _check_masks(config)
+  _check_mask_syntax(config)
   _number(config, 'learning_rate', low=0, low_open=True)
   _number(config, 'momentum', low=0, high=1, high_open=True)
   _require(not config.nesterov or config.momentum > 0,
@@ -122,10 +117,6 @@ def _regularizers(config) -> None:
   _number(config, 'l1.weight', low=0)
   _number(config, 'l2sp.weight', low=0)
   _number(config, 'activity_l2.weight', low=0)
-  for name in ('l1.mask', 'l2sp.mask'):
-    value = config[name.split('.')[0]].mask
-    _require(isinstance(value, str) and value,
-             f'config.{name} is empty; use kernels, all or a regex')
   _choice(config.l2sp.mode, 'l2sp.mode', optim.L2SP_MODES)
   init_from = config.l2sp.init_from
   _require(isinstance(init_from, str),
@@ -138,16 +129,56 @@ def _regularizers(config) -> None:
            'workdir of an earlier run or one of its checkpoints')
 
 
-def _check_masks(config) -> None:
-  """Each mask in use must be a regex that selects a parameter of the model."""
-  model = models.create_model(config.model, num_classes=10)
-  # Parameter paths depend on neither the image size nor the class count.
-  params = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
-  for name, in_use in (('l2', True), ('l1', config.l1.weight),
-                       ('l2sp', config.l2sp.weight)):
-    if in_use:
-      spec = config[name].mask
-      regularization.check_mask_selects_something(
-          regularization.decay_mask(spec, f'{name}.mask'), params, spec,
-          f'{name}.mask')
+MASKS = ('l2.mask', 'l1.mask', 'l2sp.mask')
+
+
+def _check_mask_syntax(config) -> None:
+  """Each mask is `kernels`, `all` or a valid regex; whether it selects a
+  parameter is checked on the run's parameters (`make_penalties`)."""
+  for name in MASKS:
+    spec = config[name.split('.')[0]].mask
+    _require(isinstance(spec, str) and spec,
+             f'config.{name} is empty; use kernels, all or a regex')
+    try:
+      regularization.decay_mask(spec)
+    except ValueError as e:
+      raise ConfigError(f'config.{name}={e}; use kernels, all, or a regex '
+                        'over paths like Conv_0/kernel') from e
+
+
+def _mask(config, name: str, params, in_use: bool):
+  """The mask `config.<name>` resolved on `params`; in use, it must select
+  something."""
+  spec = config[name.split('.')[0]].mask
+  if not in_use:
+    return regularization.decay_mask(spec)(params)
+  try:
+    return regularization.resolve_mask(spec, params)
+  except ValueError as e:
+    raise ConfigError(f'config.{name}={e}') from e
+
+
+def make_penalties(config, params, steps_per_epoch: int,
+                   anchor: Optional[regularization.Anchor] = None
+                   ) -> regularization.Penalties:
+  """The run's penalties, their masks resolved once on its parameters.
+
+  λ is `optim.l2_weight` (normalized or not); in ``loss`` mode the L2 term
+  is in the loss, in the other modes the optimizer applies it. ConfigError
+  when a mask in use selects no parameter.
+  """
+  l2sp_mask = None
+  if anchor is not None:
+    l2sp_mask = regularization.anchored_mask(
+        _mask(config, 'l2sp.mask', params, bool(config.l2sp.weight)), anchor)
+  return regularization.Penalties(
+      l2_weight=optim.l2_weight(config, steps_per_epoch),
+      l2_in_loss=config.l2.mode == 'loss',
+      l2_mask=_mask(config, 'l2.mask', params, True),
+      l1_weight=config.l1.weight,
+      l1_mask=_mask(config, 'l1.mask', params, bool(config.l1.weight)),
+      l2sp_weight=config.l2sp.weight,
+      l2sp_in_loss=config.l2sp.mode == 'loss',
+      l2sp_mask=l2sp_mask,
+      anchor=anchor,
+      activity_weight=config.activity_l2.weight)

@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
+from l2jax import devices
 from l2jax.errors import ConfigError, DataError
 
 FOLDER_PREFIX = 'folder:'
@@ -226,21 +227,17 @@ def _load_tfds(name: str, data_dir, manual_dir):
   return train, test, builder.info.features['label'].num_classes
 
 
-def _shard(array, num_devices: int, process: tuple):
-  """This process's rows of a global batch, as (devices, rows/devices, ...).
-
-  `process` is (index, count): process i of n holds the i-th n-th of each
-  global batch, split over its `num_devices` local devices.
-  """
-  index, count = process
-  rows = len(array) // count
-  return array[index * rows:(index + 1) * rows].reshape(
-      num_devices, -1, *array.shape[1:])
+def _shard(array, host: devices.Host):
+  """This process's rows of a global batch, as (devices, rows/devices, ...):
+  process i of n holds the i-th n-th, split over its local devices."""
+  rows = len(array) // host.count
+  return array[host.index * rows:(host.index + 1) * rows].reshape(
+      host.local_devices, -1, *array.shape[1:])
 
 
-def train_batches(split: Split, batch_size: int, num_devices: int,
-                  seed: int, epoch: int, start: int = 0,
-                  process: tuple = (0, 1)) -> Iterator[tuple]:
+def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
+                  start: int = 0, host: devices.Host = devices.Host()
+                  ) -> Iterator[tuple]:
   """One epoch of (images, labels) from step `start` on, as `_shard` shapes.
 
   The order is a permutation keyed by (seed, epoch), so a resumed run sees
@@ -249,12 +246,11 @@ def train_batches(split: Split, batch_size: int, num_devices: int,
   order = np.random.default_rng([seed, epoch]).permutation(len(split))
   for step in range(start, len(split) // batch_size):
     batch = split.take(np.sort(order[step * batch_size:(step + 1) * batch_size]))
-    yield (_shard(batch.images, num_devices, process),
-           _shard(batch.labels, num_devices, process))
+    yield _shard(batch.images, host), _shard(batch.labels, host)
 
 
-def eval_batches(split: Split, batch_size: int, num_devices: int,
-                 process: tuple = (0, 1)) -> Iterator[tuple]:
+def eval_batches(split: Split, batch_size: int,
+                 host: devices.Host = devices.Host()) -> Iterator[tuple]:
   """All of `split` as (images, labels, weights); padding has weight 0."""
   for start in range(0, len(split), batch_size):
     batch = split.take(slice(start, start + batch_size))
@@ -262,5 +258,5 @@ def eval_batches(split: Split, batch_size: int, num_devices: int,
     weights = np.concatenate([np.ones(len(batch)), np.zeros(pad)])
     images = np.pad(batch.images, [(0, pad)] + [(0, 0)] * 3)
     labels = np.pad(batch.labels, (0, pad))
-    yield tuple(_shard(a, num_devices, process)
+    yield tuple(_shard(a, host)
                 for a in (images, labels, weights.astype(np.float32)))

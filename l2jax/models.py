@@ -1,55 +1,136 @@
-"""Image classifiers as flax linen modules, chosen by `config.model`."""
+"""Image classifiers as flax linen modules, chosen by `config.model`, built
+from the layer set `config.layers` names."""
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from l2jax import layers
+from l2jax.cpu import layers as cpu_layers
 
 
-class SeedCNN(nn.Module):
+class LayerSet(NamedTuple):
+  """Constructors of the layers the models are built from. Every set gives
+  the same parameters, statistics and values (up to float rounding).
+
+  conv: (features, strides=1, padding='SAME', use_bias=True) -> a 3x3
+    convolution module, with nn.Conv's parameters.
+  norm: (train, axis_name) -> a batch norm module, nn.BatchNorm's with
+    momentum 0.9; in training its statistics are means over `axis_name`.
+  pool: x -> the maximum of each 2x2 window, stride 2.
+  """
+  name: str
+  conv: Callable[..., nn.Module]
+  norm: Callable[[bool, Optional[str]], nn.Module]
+  pool: Callable[[jax.Array], jax.Array]
+
+
+def _batch_norm(cls, train: bool, axis_name: Optional[str]) -> nn.Module:
+  # Under pmap the statistics are means over every device's examples.
+  return cls(use_running_average=not train, momentum=0.9,
+             axis_name=axis_name if train else None)
+
+
+def _flax_conv(features, strides=1, padding='SAME', use_bias=True):
+  return nn.Conv(features, (3, 3), strides, padding, use_bias=use_bias)
+
+
+def _cpu_tuned_conv(features, strides=1, padding='SAME', use_bias=True):
+  module = nn.Conv(features, (3, 3), strides, padding, use_bias=False,
+                   conv_general_dilated=cpu_layers.conv_general_dilated)
+  return cpu_layers.BiasedConv(module) if use_bias else module
+
+
+# flax's own layers, XLA's direct convolutions.
+FLAX = LayerSet('flax', _flax_conv,
+                functools.partial(_batch_norm, nn.BatchNorm),
+                functools.partial(nn.max_pool, window_shape=(2, 2),
+                                  strides=(2, 2)))
+# l2jax.cpu.layers, fast on XLA's CPU backend; its Winograd convolutions round
+# more (l2jax.cpu.winograd).
+CPU_TUNED = LayerSet('cpu_tuned', _cpu_tuned_conv,
+                     functools.partial(_batch_norm, cpu_layers.BatchNorm),
+                     cpu_layers.max_pool_2x2)
+LAYER_SETS = {s.name: s for s in (CPU_TUNED, FLAX)}
+LAYER_CHOICES = ('auto', *LAYER_SETS)  # config.layers
+
+
+def layer_set(name: str) -> LayerSet:
+  """The set `name` in LAYER_CHOICES names; 'auto' is CPU_TUNED when JAX's
+  default backend is the CPU, else FLAX."""
+  if name not in LAYER_CHOICES:
+    raise ValueError(
+        f'layers={name!r}: expected one of {", ".join(LAYER_CHOICES)}')
+  if name == 'auto':
+    return CPU_TUNED if jax.default_backend() == 'cpu' else FLAX
+  return LAYER_SETS[name]
+
+
+def _conv_block(module, x, features: int, train: bool, batch_norm=True,
+                **conv_options):
+  """Conv(3x3) [- BatchNorm] - ReLU from `module.layers`; the convolution has
+  a bias only without batch norm, whose statistics are over
+  `module.axis_name`.
+
+  Called inside `module`'s compact method, so that the layers are
+  `module`'s own (Conv_i, BatchNorm_i): a block module would add a level to
+  the parameter paths that masks and checkpoints name.
+  """
+  x = module.layers.conv(features, use_bias=not batch_norm, **conv_options)(x)
+  if batch_norm:
+    x = module.layers.norm(train, module.axis_name)(x)
+  return nn.relu(x)
+
+
+def _classify(module, x, train: bool):
+  """Sows `x` as `intermediates/features`, then [Dropout -]
+  Dense(num_classes), as `module`'s own layers (see `_conv_block`)."""
+  module.sow('intermediates', 'features', x)
+  x = nn.Dropout(module.dropout, deterministic=not train)(x)
+  return nn.Dense(module.num_classes)(x)
+
+
+class Classifier(nn.Module):
+  """The fields every model has.
+
+  Input: (batch, H, W, C) floats. Output: (batch, num_classes) logits.
+  The penultimate features are sown as `intermediates/features` (for
+  activity L2; apply with ``mutable=['intermediates']`` to read them).
+  `dropout` drops them before the last Dense layer. Batch statistics are
+  averaged over the pmap axis `axis_name`. `layers` computes convolutions,
+  biases, batch norm and pooling (a LayerSet; `from_config` picks it).
+  """
+  num_classes: int
+  dropout: float = 0.0
+  axis_name: Optional[str] = 'batch'
+  layers: LayerSet = FLAX
+
+
+class SeedCNN(Classifier):
   """The seed articles' network.
 
   Conv(64, 3x3, same) - ReLU - MaxPool 2 - Conv(128, 3x3, same) - ReLU -
-  MaxPool 2 - Dense(1024) - ReLU - Dense(num_classes).
-
-  Input: (batch, H, W, C) floats. Output: (batch, num_classes) logits.
-  The penultimate features, the output of Dense(hidden) - ReLU, are sown as
-  `intermediates/features` (for activity L2; apply with
-  ``mutable=['intermediates']`` to read them).
+  MaxPool 2 - Dense(1024) - ReLU - Dense(num_classes); the features are
+  the output of Dense(hidden) - ReLU.
   `conv_features` and `hidden` give the widths (the seeds': (64, 128), 1024).
   `batch_norm` puts BatchNorm between each convolution (then without bias)
-  and its ReLU; `dropout` drops features before the last Dense layer.
-  `impl` picks how convolutions, biases, batch norm and pooling are
-  computed, with the same values, parameters and statistics: 'xla' (nn.Conv,
-  nn.BatchNorm, nn.max_pool), 'cpu' (l2jax.layers, fast on XLA's CPU
-  backend), 'auto' ('cpu' when JAX's default backend is the CPU, else
-  'xla').
+  and its ReLU.
   """
-  num_classes: int
   conv_features: Sequence[int] = (64, 128)
   hidden: int = 1024
   batch_norm: bool = False
-  dropout: float = 0.0
-  axis_name: Optional[str] = 'batch'
-  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, pool, norm = _layers(self.impl)
     for features in self.conv_features:
-      x = conv(features, use_bias=not self.batch_norm)(x)
-      if self.batch_norm:
-        x = norm(train, self.axis_name)(x)
-      x = pool(nn.relu(x))
+      x = _conv_block(self, x, features, train, batch_norm=self.batch_norm)
+      x = self.layers.pool(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden)(x))
-    self.sow('intermediates', 'features', x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return _classify(self, x, train)
 
 
 # A quarter of the seed's widths (1/16 of its FLOPs): for CPU-sized sweeps.
@@ -64,36 +145,26 @@ VGG_LAYERS = {
 }
 
 
-class VGG(nn.Module):
+class VGG(Classifier):
   """VGG for small images (32x32: five pools leave 1x1x512).
 
   Conv(3x3) [- BatchNorm] - ReLU per width, MaxPool 2 at each 'M'; then
   [Dropout(dropout) -] Dense(num_classes), as in CIFAR VGGs. The convolution
   part has the ImageNet VGG's convolution parameters exactly (VGG16: 14.7M).
-  Batch statistics are averaged over the pmap axis `axis_name`.
+  `batch_norm` as SeedCNN's.
   """
-  num_classes: int
   depth: int = 16
   batch_norm: bool = False
-  dropout: float = 0.0
-  axis_name: Optional[str] = 'batch'
-  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, pool, norm = _layers(self.impl)
     for width in VGG_LAYERS[self.depth]:
       if width == 'M':
-        x = pool(x)
-        continue
-      x = conv(width, use_bias=not self.batch_norm)(x)
-      if self.batch_norm:
-        x = norm(train, self.axis_name)(x)
-      x = nn.relu(x)
+        x = self.layers.pool(x)
+      else:
+        x = _conv_block(self, x, width, train, batch_norm=self.batch_norm)
     x = x.reshape((x.shape[0], -1))
-    self.sow('intermediates', 'features', x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return _classify(self, x, train)
 
 
 class ResidualBlock(nn.Module):
@@ -102,16 +173,14 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int
   axis_name: Optional[str]
-  impl: str = 'auto'
+  layers: LayerSet = FLAX
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv, _, norm = _layers(self.impl)
-    y = conv(self.features, self.strides, padding=((1, 1), (1, 1)),
-             use_bias=False)(x)
-    y = nn.relu(norm(train, self.axis_name)(y))
-    y = conv(self.features, use_bias=False)(y)
-    y = norm(train, self.axis_name)(y)
+    y = _conv_block(self, x, self.features, train, strides=self.strides,
+                    padding=((1, 1), (1, 1)))
+    y = self.layers.conv(self.features, use_bias=False)(y)
+    y = self.layers.norm(train, self.axis_name)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = x[:, ::self.strides, ::self.strides]
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0),
@@ -119,62 +188,49 @@ class ResidualBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
   """He et al.'s CIFAR ResNet (CVPR 2016, section 4.2): 6n+2 layers.
 
   Conv(16) - BN - ReLU, then three stages of n basic blocks with 16, 32, 64
-  features (the last two start with stride 2), global average pooling,
-  [Dropout -] Dense(num_classes). n = 3 is ResNet-20 (0.27M parameters).
+  features (the last two start with stride 2), global average pooling (the
+  features), [Dropout -] Dense(num_classes). n = 3 is ResNet-20 (0.27M
+  parameters).
   """
-  num_classes: int
   blocks_per_stage: int = 3
-  dropout: float = 0.0
-  axis_name: Optional[str] = 'batch'
-  impl: str = 'auto'  # As SeedCNN's.
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, _, norm = _layers(self.impl)
-    x = conv(16, use_bias=False)(x)
-    x = nn.relu(norm(train, self.axis_name)(x))
+    x = _conv_block(self, x, 16, train)
     for stage, features in enumerate((16, 32, 64)):
       for block in range(self.blocks_per_stage):
         strides = 2 if stage and not block else 1
-        x = ResidualBlock(features, strides, self.axis_name, self.impl)(
+        x = ResidualBlock(features, strides, self.axis_name, self.layers)(
             x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'features', x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return _classify(self, jnp.mean(x, axis=(1, 2)), train)
 
 
-def _layers(impl: str):
-  """Constructors of a 3x3 convolution, (features, strides=1,
-  padding='SAME', use_bias=True) -> module, and of batch norm,
-  (train, axis_name) -> module, and a 2x2 max pool: l2jax.layers' for
-  impl 'cpu', flax's for 'xla'."""
-  cpu = layers.resolve_impl(impl) == 'cpu'
+class AllConvBN(Classifier):
+  """Conv(3x3) - BatchNorm - ReLU stages of `widths` features with a 2x2 max
+  pool between them, global average pooling (the features), [Dropout -]
+  Dense(num_classes).
 
-  def conv(features, strides=1, padding='SAME', use_bias=True):
-    if not cpu:
-      return nn.Conv(features, (3, 3), strides, padding, use_bias=use_bias)
-    module = nn.Conv(features, (3, 3), strides, padding, use_bias=False,
-                     conv_general_dilated=layers.conv_general_dilated)
-    return layers.BiasedConv(module) if use_bias else module
+  Every convolution is followed by batch norm, so every kernel but the
+  classifier's is scale-invariant: the regime of Loshchilov & Hutter's
+  Figure 2 at a size a CPU sweeps (widths 16, 32, 64: 24k parameters).
+  """
+  widths: Sequence[int] = (16, 32, 64)
 
-  def norm(train: bool, axis_name: Optional[str]):
-    # Under pmap the statistics are means over every device's examples.
-    return (layers.BatchNorm if cpu else nn.BatchNorm)(
-        use_running_average=not train, momentum=0.9,
-        axis_name=axis_name if train else None)
-
-  if cpu:
-    return conv, layers.max_pool_2x2, norm
-  return conv, functools.partial(nn.max_pool, window_shape=(2, 2),
-                                 strides=(2, 2)), norm
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    for i, width in enumerate(self.widths):
+      if i:
+        x = self.layers.pool(x)
+      x = _conv_block(self, x, width, train)
+    return _classify(self, jnp.mean(x, axis=(1, 2)), train)
 
 
 MODELS = {
+    'allconv_bn': AllConvBN,
     'seed_cnn': SeedCNN,
     'seed_cnn_narrow': SeedCNNNarrow,
     'vgg11': functools.partial(VGG, depth=11),
@@ -184,7 +240,7 @@ MODELS = {
 
 
 def create_model(name: str, num_classes: int, **options) -> nn.Module:
-  """`options`: values of the model's fields (impl, batch_norm, dropout,
+  """`options`: values of the model's fields (layers, batch_norm, dropout,
   axis_name); those it has no field for are left out (resnet20 always has
   batch norm)."""
   model = MODELS[name]
@@ -194,7 +250,8 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
 
 
 def from_config(config, num_classes: int) -> nn.Module:
-  """`config.model` with `config.batch_norm`, `config.dropout` and
-  `config.impl`."""
+  """`config.model` with `config.batch_norm`, `config.dropout` and the layer
+  set `config.layers` names, chosen here once."""
   return create_model(config.model, num_classes, batch_norm=config.batch_norm,
-                      dropout=config.dropout, impl=config.impl)
+                      dropout=config.dropout,
+                      layers=layer_set(config.layers))

@@ -12,11 +12,12 @@ B the examples an epoch trains on (steps per epoch × b: the last partial batch
 is dropped), so b / (B T) = 1 / (number of updates).
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import optax
 
+from l2jax import equilibrium
 from l2jax import regularization
 
 L2_MODES = ('none', 'loss', 'coupled', 'decoupled', 'decoupled_lr')
@@ -49,7 +50,7 @@ def lr_multiplier(config, steps_per_epoch: int) -> optax.Schedule:
       [optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
 
 
-def direction(config) -> optax.GradientTransformation:
+def update_direction(config) -> optax.GradientTransformation:
   """u_t from g_t (or from g_t + λ w in coupled mode): momentum or Adam."""
   if config.optimizer == 'adam':
     return optax.scale_by_adam(
@@ -64,12 +65,12 @@ class DecayTowardState(NamedTuple):
 
 
 def decay_toward(anchor: optax.Params, weight: float,
-                 mask: regularization.MaskFn) -> optax.GradientTransformation:
+                 mask: optax.Params) -> optax.GradientTransformation:
   """Adds λ_sp (w − w₀) to the masked parameters' updates.
 
   `optax.add_decayed_weights` with the decay pulling toward the anchor w₀
   (`anchor`, a pytree like the params) instead of toward 0: the gradient of
-  ½ λ_sp Σ (w − w₀)².
+  ½ λ_sp Σ (w − w₀)². `mask`: a pytree of bools like the params.
   """
 
   def init_fn(params):
@@ -81,7 +82,7 @@ def decay_toward(anchor: optax.Params, weight: float,
       raise ValueError('decay_toward needs the params')
     updates = jax.tree_util.tree_map(
         lambda u, w, w0, m: u + weight * (w - w0) if m else u,
-        updates, params, anchor, mask(params))
+        updates, params, anchor, mask)
     return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -94,7 +95,7 @@ def l2_chain(
     weight: float,
     learning_rate: float,
     multiplier: Callable[[int], float],
-    mask: regularization.MaskFn,
+    mask: Union[optax.Params, Callable[[optax.Params], optax.Params]],
     schedule: str = 'lr',
     anchor_decay: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformation:
@@ -140,7 +141,8 @@ def l2_chain(
     weight: λ ≥ 0.
     learning_rate: α, the base learning rate.
     multiplier: η_t, a function of the step count.
-    mask: params → pytree of bools; only masked parameters decay.
+    mask: a pytree of bools like the params, or a function from params to
+      one; only masked parameters decay.
     schedule: one of `L2_SCHEDULES`; ``constant`` needs a decoupled mode.
     anchor_decay: decoupled decay toward w₀, or None.
 
@@ -194,51 +196,56 @@ def l2_weight(config, steps_per_epoch: int) -> float:
                            config.num_epochs)
 
 
-def l2sp_mask(config, anchor: regularization.Anchor) -> regularization.MaskFn:
-  return regularization.anchored_mask(
-      regularization.decay_mask(config.l2sp.mask, 'l2sp.mask'), anchor)
-
-
-def make_optimizer(config, steps_per_epoch: int,
-                   anchor: Optional[regularization.Anchor] = None):
+def make_optimizer(config, penalties: regularization.Penalties,
+                   steps_per_epoch: int):
   """Returns (optax chain, learning-rate schedule α_t) for a config.
 
-  `anchor` (w₀, from `config.l2sp.init_from`) is needed for decoupled L2-SP.
+  λ and the masks are `penalties`' (built once, on the run's parameters:
+  `configuration.make_penalties`); so is w₀ for decoupled L2-SP.
   """
   multiplier = lr_multiplier(config, steps_per_epoch)
   anchor_decay = None
-  if config.l2sp.mode == 'decoupled' and config.l2sp.weight:
-    anchor_decay = decay_toward(anchor.params, config.l2sp.weight,
-                                l2sp_mask(config, anchor))
+  if config.l2sp.mode == 'decoupled' and penalties.l2sp_weight:
+    anchor_decay = decay_toward(penalties.anchor.params, penalties.l2sp_weight,
+                                penalties.l2sp_mask)
   tx = l2_chain(
-      direction(config),
+      update_direction(config),
       mode=config.l2.mode,
-      weight=l2_weight(config, steps_per_epoch),
+      weight=penalties.l2_weight,
       learning_rate=config.learning_rate,
       multiplier=multiplier,
-      mask=regularization.decay_mask(config.l2.mask),
+      mask=penalties.l2_mask,
       schedule=config.l2.schedule,
       anchor_decay=anchor_decay)
   return tx, lambda step: config.learning_rate * multiplier(step)
 
 
-def make_penalties(config, steps_per_epoch: int,
-                   anchor: Optional[regularization.Anchor] = None
-                   ) -> regularization.Penalties:
-  """What the loss adds to the data loss, and what is measured each epoch.
+def shrink_per_step(config, weight: float,
+                    steps_per_epoch: int) -> Callable[[int], float]:
+  """s_t, the shrink one step's L2 decay gives a decayed weight (before
+  Adam's per-coordinate division in coupled mode): l2jax.equilibrium's
+  table, for `config.l2.mode` and `config.l2.schedule`."""
+  multiplier = lr_multiplier(config, steps_per_epoch)
+  schedule = ((lambda step: 1.0) if config.l2.schedule == 'constant'
+              else multiplier)
+  alpha, mode = config.learning_rate, config.l2.mode
+  if mode in ('coupled', 'loss'):
+    total = equilibrium.momentum_filter(config).total()
+    return lambda step: alpha * multiplier(step) * weight * total
+  if mode == 'decoupled':
+    return lambda step: weight * schedule(step)
+  if mode == 'decoupled_lr':
+    return lambda step: alpha * weight * schedule(step)
+  return lambda step: 0.0 * multiplier(step)
 
-  λ is the same as `make_optimizer`'s (normalized or not); in ``loss`` mode
-  the L2 term is in the loss, in the other modes the optimizer applies it.
-  """
-  return regularization.Penalties(
-      l2_weight=l2_weight(config, steps_per_epoch),
-      l2_in_loss=config.l2.mode == 'loss',
-      l2_mask=regularization.decay_mask(config.l2.mask),
-      l1_weight=config.l1.weight,
-      l1_mask=regularization.decay_mask(config.l1.mask, 'l1.mask'),
-      l2sp_weight=config.l2sp.weight,
-      l2sp_in_loss=config.l2sp.mode == 'loss',
-      l2sp_mask=(l2sp_mask(config, anchor) if anchor is not None
-                 else regularization.decay_mask(config.l2sp.mask)),
-      anchor=anchor,
-      activity_weight=config.activity_l2.weight)
+
+def make_equilibrium(config, penalties: regularization.Penalties,
+                     steps_per_epoch: int) -> equilibrium.Equilibrium:
+  """What the step measures of each kernel group's rotation, and predicts."""
+  return equilibrium.Equilibrium(
+      filter=equilibrium.momentum_filter(config),
+      shrink=shrink_per_step(config, penalties.l2_weight, steps_per_epoch),
+      mask=penalties.l2_mask,
+      per_coordinate=(config.optimizer == 'adam'
+                      and config.l2.mode in ('coupled', 'loss')),
+      eps=config.adam.eps, b2=config.adam.b2)

@@ -35,7 +35,7 @@ class MetricsWriter:
     self.records = [r for r in read_metrics(workdir)
                     if r['epoch'] <= resume_epoch]
     if self.path:
-      _write_atomic(self.path, ''.join(json.dumps(r) + '\n'
+      write_atomic(self.path, ''.join(json.dumps(r) + '\n'
                                        for r in self.records))
 
   def write(self, record: dict) -> None:
@@ -46,7 +46,7 @@ class MetricsWriter:
 
 
 def write_summary(workdir: str, summary: dict) -> None:
-  _write_atomic(os.path.join(workdir, SUMMARY),
+  write_atomic(os.path.join(workdir, SUMMARY),
                 json.dumps(summary, indent=2, sort_keys=True) + '\n')
 
 
@@ -82,13 +82,19 @@ def plot_curves(workdir: str, records: list, title: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.suptitle(title)
   fig.tight_layout()
-  path = os.path.join(workdir, CURVES)
-  fig.savefig(path + '.tmp.png', dpi=100)
-  plt.close(fig)
-  os.replace(path + '.tmp.png', path)
+  save_figure(fig, os.path.join(workdir, CURVES))
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file renamed over it, so a
+  reader never sees half a file."""
   with open(path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(path + '.tmp', path)
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+  """`fig` as a PNG at `path`, written atomically, then closed."""
+  fig.savefig(path + '.tmp.png', dpi=dpi)
+  plt.close(fig)
+  os.replace(path + '.tmp.png', path)

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2jax.errors import ConfigError
 
 MaskFn = Callable[[optax.Params], optax.Params]
 
@@ -42,10 +41,11 @@ def param_path(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
 
 
-def decay_mask(spec: str, name: str = 'l2.mask') -> MaskFn:
-  """Returns a function from params to a same-shaped pytree of bools.
+def decay_mask(spec: str) -> MaskFn:
+  """params -> a same-shaped pytree of bools: ``kernels``, ``all`` or a
+  regular expression searched in each parameter's path.
 
-  `name` is the config key `spec` came from, for the error message.
+  Raises ValueError for an invalid regular expression.
   """
   if spec == 'kernels':
     selects = lambda path: path.rsplit('/', 1)[-1] == 'kernel'
@@ -55,9 +55,7 @@ def decay_mask(spec: str, name: str = 'l2.mask') -> MaskFn:
     try:
       pattern = re.compile(spec)
     except re.error as e:
-      raise ConfigError(
-          f'config.{name}={spec!r} is not a valid regular expression ({e}); '
-          'use kernels, all, or a regex over paths like Conv_0/kernel') from e
+      raise ValueError(f'{spec!r} is not a valid regular expression ({e})') from e
     selects = lambda path: pattern.search(path) is not None
 
   def mask_fn(params):
@@ -67,14 +65,18 @@ def decay_mask(spec: str, name: str = 'l2.mask') -> MaskFn:
   return mask_fn
 
 
-def check_mask_selects_something(mask_fn: MaskFn, params, spec: str,
-                                 name: str = 'l2.mask') -> None:
-  if not any(jax.tree_util.tree_leaves(mask_fn(params))):
-    paths = [param_path(p) for p, _ in
-             jax.tree_util.tree_flatten_with_path(params)[0]]
-    raise ConfigError(
-        f'config.{name}={spec!r} matches no parameter; paths are: '
-        + ', '.join(paths))
+def resolve_mask(spec: str, params) -> optax.Params:
+  """`decay_mask(spec)(params)`; ValueError when it selects no parameter."""
+  mask = decay_mask(spec)(params)
+  if not any(jax.tree_util.tree_leaves(mask)):
+    raise ValueError(f'{spec!r} matches no parameter; paths are: '
+                     + ', '.join(param_paths(params)))
+  return mask
+
+
+def param_paths(params) -> list:
+  return [param_path(p) for p, _ in
+          jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def masked_sum(fn, params, mask) -> jax.Array:
@@ -141,10 +143,10 @@ class Anchor(NamedTuple):
   anchored: optax.Params
 
 
-def anchored_mask(mask_fn: MaskFn, anchor: Anchor) -> MaskFn:
+def anchored_mask(mask, anchor: Anchor) -> optax.Params:
   """M ∩ A: the masked parameters that were loaded."""
-  return lambda params: jax.tree_util.tree_map(
-      lambda m, a: bool(m and a), mask_fn(params), anchor.anchored)
+  return jax.tree_util.tree_map(lambda m, a: bool(m and a), mask,
+                                anchor.anchored)
 
 
 def l2sp_penalty(params, anchor_params, mask, weight: float) -> jax.Array:
@@ -161,21 +163,23 @@ def activity_penalty(features: jax.Array, weight: float) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Penalties:
-  """Every penalty of a run: which are in the loss, and what is measured.
+  """Every penalty of a run, with its mask resolved on the run's parameters.
 
   The loss is data loss + ½ λ Σ_M w² (if `l2_in_loss`) + λ₁ Σ |w| +
   ½ λ_sp Σ (w − w₀)² (if `l2sp_in_loss`) + λ_a mean ‖h‖². The L2 and L2-SP
   terms are measured every epoch whether they are in the loss or applied by
-  the optimizer. Hashed by identity, so it can be a static argument of jit.
+  the optimizer. Masks are pytrees of bools shaped like the parameters (None:
+  the penalty is off). Hashed by identity, so it can be a static argument of
+  jit.
   """
   l2_weight: float = 0.0
   l2_in_loss: bool = False
-  l2_mask: MaskFn = decay_mask('kernels')
+  l2_mask: Optional[optax.Params] = None
   l1_weight: float = 0.0
-  l1_mask: MaskFn = decay_mask('kernels')
+  l1_mask: Optional[optax.Params] = None
   l2sp_weight: float = 0.0
   l2sp_in_loss: bool = False
-  l2sp_mask: MaskFn = decay_mask('kernels')  # Already ∩ A.
+  l2sp_mask: Optional[optax.Params] = None  # M ∩ A.
   anchor: Optional[Anchor] = None
   activity_weight: float = 0.0
 
@@ -183,28 +187,24 @@ class Penalties:
     """The penalties on weights that enter the loss, by metric name."""
     terms = {}
     if self.l2_in_loss and self.l2_weight:
-      terms['l2_penalty'] = l2_penalty(params, self.l2_mask(params),
-                                       self.l2_weight)
+      terms['l2_penalty'] = l2_penalty(params, self.l2_mask, self.l2_weight)
     if self.l1_weight:
-      terms['l1_penalty'] = l1_penalty(params, self.l1_mask(params),
-                                       self.l1_weight)
+      terms['l1_penalty'] = l1_penalty(params, self.l1_mask, self.l1_weight)
     if self.l2sp_in_loss and self.l2sp_weight:
       terms['l2sp_penalty'] = l2sp_penalty(
-          params, self.anchor.params, self.l2sp_mask(params), self.l2sp_weight)
+          params, self.anchor.params, self.l2sp_mask, self.l2sp_weight)
     return terms
 
   def measures(self, params) -> dict:
-    """‖w‖₂ and ½ λ Σ w² over M; λ₁ Σ |w| and the sparsity over L1's mask;
-    ½ λ_sp Σ (w − w₀)² and ‖w − w₀‖₂ when there is an anchor."""
-    l2_mask, l1_mask = self.l2_mask(params), self.l1_mask(params)
-    result = {'weight_norm': weight_norm(params, l2_mask),
-              'l2_penalty': l2_penalty(params, l2_mask, self.l2_weight),
-              'l1_penalty': l1_penalty(params, l1_mask, self.l1_weight),
-              'sparsity': sparsity(params, l1_mask)}
+    """‖w‖₂ and ½ λ Σ w² over L2's mask; λ₁ Σ |w| and the sparsity over
+    L1's; ½ λ_sp Σ (w − w₀)² and ‖w − w₀‖₂ when there is an anchor."""
+    result = {'weight_norm': weight_norm(params, self.l2_mask),
+              'l2_penalty': l2_penalty(params, self.l2_mask, self.l2_weight),
+              'l1_penalty': l1_penalty(params, self.l1_mask, self.l1_weight),
+              'sparsity': sparsity(params, self.l1_mask)}
     if self.anchor is not None:
-      sp_mask = self.l2sp_mask(params)
       diff = jax.tree_util.tree_map(jnp.subtract, params, self.anchor.params)
       result['l2sp_penalty'] = l2sp_penalty(params, self.anchor.params,
-                                            sp_mask, self.l2sp_weight)
-      result['l2sp_distance'] = weight_norm(diff, sp_mask)
+                                            self.l2sp_mask, self.l2sp_weight)
+      result['l2sp_distance'] = weight_norm(diff, self.l2sp_mask)
     return result

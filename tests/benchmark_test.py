@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import read_csv
-from conftest import REPO
-from conftest import run_benchmark
+from helpers import read_csv
+from helpers import REPO
+from helpers import run_benchmark
 
 sys.path.insert(0, str(REPO / 'benchmarks'))
 import coupled_vs_decoupled as cvd  # pylint: disable=g-import-not-at-top

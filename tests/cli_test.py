@@ -13,13 +13,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import assert_clean_error
-from conftest import final_params
-from conftest import final_state
-from conftest import read_jsonl
-from conftest import run_cli
-from conftest import TIMING_KEYS
-from conftest import write_folder
+from helpers import assert_clean_error
+from helpers import final_params
+from helpers import final_state
+from helpers import read_jsonl
+from helpers import run_cli
+from helpers import TIMING_KEYS
+from helpers import write_folder
 
 FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 PER_EPOCH_KEYS = {

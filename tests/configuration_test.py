@@ -84,8 +84,10 @@ def test_shipped_configs_and_masks_pass(get_config, model, mask):
      ['config.nesterov=True has no effect', 'config.optimizer=adam']),
     (dict(dataset='folder:/data/x', data_dir='/tfds'),
      ["config.data_dir='/tfds' has no effect", 'folder:/data/x']),
-    (dict(model='resnet'), ["config.model='resnet' is not one of seed_cnn"]),
-    (dict(impl='gpu'), ["config.impl='gpu' is not one of auto, cpu, xla"]),
+    (dict(model='resnet'), ["config.model='resnet' is not one of allconv_bn, "
+                             'seed_cnn']),
+    (dict(layers='gpu'),
+     ["config.layers='gpu' is not one of auto, cpu_tuned, flax"]),
 ])
 def test_wrong_values_are_named(changes, fragments):
   config = cifar.get_config()
@@ -94,3 +96,21 @@ def test_wrong_values_are_named(changes, fragments):
     configuration.validate(config, num_devices=1)
   for fragment in fragments:
     assert fragment in str(error.value)
+
+
+def test_masks_are_resolved_once_on_the_run_parameters():
+  """A mask in use that selects nothing is refused, naming the paths; one not
+  in use (L1 at λ₁ = 0) is resolved all the same, for the sparsity measure."""
+  params = {'Conv_0': {'kernel': 1.0, 'bias': 0.0}}
+  config = cifar.get_config()
+  penalties = configuration.make_penalties(config, params, 10)
+  assert penalties.l2_mask == {'Conv_0': {'kernel': True, 'bias': False}}
+  config.l1.mask = 'BatchNorm'
+  assert not any(configuration.make_penalties(
+      config, params, 10).l1_mask['Conv_0'].values())
+  config.l1.weight = 1e-4
+  with pytest.raises(ConfigError) as error:
+    configuration.make_penalties(config, params, 10)
+  assert str(error.value) == (
+      "config.l1.mask='BatchNorm' matches no parameter; paths are: "
+      'Conv_0/bias, Conv_0/kernel')

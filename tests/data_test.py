@@ -5,10 +5,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import write_folder
+from helpers import write_folder
 from l2jax import augment
 from l2jax import data
+from l2jax import devices
 from l2jax.errors import ConfigError, DataError
+
+
+HOST2 = devices.Host(local_devices=2)  # One process feeding two devices.
 
 
 def make_split(n, shape=(8, 8, 3)):
@@ -30,7 +34,7 @@ def test_validation_split_is_disjoint_complete_and_fixed():
 
 def test_train_batches_shapes_and_order():
   split = make_split(70)
-  batches = list(data.train_batches(split, 16, 2, seed=0, epoch=1))
+  batches = list(data.train_batches(split, 16, seed=0, epoch=1, host=HOST2))
   assert len(batches) == 4  # 70 // 16; the partial batch is dropped.
   images, labels = batches[0]
   assert images.shape == (2, 8, 8, 8, 3) and labels.shape == (2, 8)
@@ -39,16 +43,16 @@ def test_train_batches_shapes_and_order():
   np.testing.assert_array_equal(images.reshape(16, 8, 8, 3),
                                 split.images[labels.ravel()])
   again = np.concatenate([l.ravel() for _, l in
-                          data.train_batches(split, 16, 2, seed=0, epoch=1)])
+                          data.train_batches(split, 16, seed=0, epoch=1, host=HOST2)])
   epoch2 = np.concatenate([l.ravel() for _, l in
-                           data.train_batches(split, 16, 2, seed=0, epoch=2)])
+                           data.train_batches(split, 16, seed=0, epoch=2, host=HOST2)])
   np.testing.assert_array_equal(seen, again)
   assert not np.array_equal(seen, epoch2)
 
 
 def test_eval_batches_cover_everything_once_with_padding_weighted_zero():
   split = make_split(10)
-  batches = list(data.eval_batches(split, 4, 2))
+  batches = list(data.eval_batches(split, 4, HOST2))
   assert len(batches) == 3
   labels = np.concatenate([l.ravel() for _, l, _ in batches])
   weights = np.concatenate([w.ravel() for _, _, w in batches])

@@ -8,11 +8,11 @@ import subprocess
 import jax
 import numpy as np
 
-from conftest import cli
-from conftest import final_params
-from conftest import read_jsonl
-from conftest import run_cli
-from conftest import TIMING_KEYS
+from helpers import cli
+from helpers import final_params
+from helpers import read_jsonl
+from helpers import run_cli
+from helpers import TIMING_KEYS
 
 
 def free_port() -> int:

@@ -1,7 +1,9 @@
-"""l2jax.layers against XLA's own layers: values and gradients, ties included.
+"""l2jax.cpu.layers and l2jax.cpu.winograd against XLA's own layers: values
+and gradients, ties included.
 
 Every expected value comes from the reference (nn.max_pool, nn.Conv with
-lax.conv_general_dilated, SeedCNN(impl='xla')), never from l2jax.layers.
+lax.conv_general_dilated, a float64 convolution in NumPy, SeedCNN with
+models.FLAX), never from l2jax.cpu.
 """
 
 import chex
@@ -11,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2jax import layers
 from l2jax import models
+from l2jax.cpu import layers
+from l2jax.cpu import winograd
 
 # (batch, height, width, channels): odd batches, MNIST-sized, odd sides.
 POOL_SHAPES = [(5, 28, 28, 1), (3, 32, 32, 3), (1, 7, 9, 4), (2, 16, 16, 64)]
@@ -28,7 +31,7 @@ PATCH_CONVS = [
      (2, 2, 2, 3)),
 ]
 # 3×3, stride 1, padding 1, H and W multiples of 4, 32 or more channels in
-# and out: layers.winograd_conv.
+# and out: winograd.winograd_conv.
 WINOGRAD_CONVS = [
     (dict(features=32, kernel_size=(3, 3)), (2, 8, 12, 32)),
     (dict(features=48, kernel_size=(3, 3), padding=((1, 1), (1, 1))),
@@ -206,7 +209,7 @@ def test_winograd_conv_equals_a_float64_convolution(shape, features, dtype,
   expected = float64_conv_and_gradients(x, kernel, g)
   with jax.enable_x64(dtype == jnp.float64):
     x, kernel, g = (a.astype(dtype) for a in (x, kernel, g))
-    y, vjp = jax.vjp(jax.jit(layers.winograd_conv), x, kernel)
+    y, vjp = jax.vjp(jax.jit(winograd.winograd_conv), x, kernel)
     actual = y, vjp(g)
   chex.assert_trees_all_equal_shapes(actual, expected)
   for a, e in zip(jax.tree_util.tree_leaves(actual),
@@ -292,13 +295,13 @@ def test_batch_norm_output_dtype_is_flax_batch_norms(train):
 
 @pytest.mark.parametrize('shape, batch, integers', [
     ((32, 32, 3), 3, False), ((28, 28, 1), 5, True)])
-def test_seed_cnn_cpu_impl_equals_xla_impl(shape, batch, integers):
+def test_seed_cnn_cpu_tuned_layers_equal_flax_layers(shape, batch, integers):
   """Same parameters, logits and gradients. 32×32 inputs take the second
   convolution (16×16, 64 -> 128) through Winograd. With 28×28 integer inputs
   and conv kernels both convolutions are lax's and exact, and about 1 in 8
   of the first pooling windows has a tied maximum."""
-  reference = models.SeedCNN(num_classes=10, impl='xla')
-  fast = models.SeedCNN(num_classes=10, impl='cpu')
+  reference = models.SeedCNN(num_classes=10, layers=models.FLAX)
+  fast = models.SeedCNN(num_classes=10, layers=models.CPU_TUNED)
   x = normal(7, (batch, *shape))
   params = random_params(reference, x, 8)
   chex.assert_trees_all_equal_shapes_and_dtypes(
@@ -316,11 +319,3 @@ def test_seed_cnn_cpu_impl_equals_xla_impl(shape, batch, integers):
     return jax.jit(jax.value_and_grad(f))
 
   assert_close(loss(fast)(params), loss(reference)(params))
-
-
-def test_resolve_impl():
-  assert layers.resolve_impl('auto') == (
-      'cpu' if jax.default_backend() == 'cpu' else 'xla')
-  assert layers.resolve_impl('xla') == 'xla'
-  with pytest.raises(ValueError, match='impl'):
-    layers.resolve_impl('gpu')

@@ -1,4 +1,5 @@
-"""The seed network's shapes and parameter count, counted by hand."""
+"""The models' shapes, parameter counts and parameter paths, counted by
+hand, under both layer sets."""
 
 import functools
 
@@ -112,47 +113,119 @@ def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
 @pytest.mark.parametrize('name, batch_norm', [
     ('seed_cnn', False), ('seed_cnn_narrow', True), ('seed_cnn_narrow', False),
     ('vgg11', False), ('resnet20', True)])
-def test_cpu_layers_give_the_gradients_of_xla_layers(name, batch_norm):
+def test_cpu_tuned_layers_give_the_gradients_of_flax_layers(name,
+                                                            batch_norm):
   """In float64, so that rounding cannot hide a wrong formula: float32's
   rounding, amplified by 4-image batch norms and by Winograd's transforms,
   reached 1e-2 of a kernel gradient's largest value (ResNet-20's), where
   float64's differences stay below 1e-13. The seed network, VGG-11 and
   ResNet-20 take their 3×3 convolutions of 32 or more channels through
-  `layers.winograd_conv`."""
+  `l2jax.cpu.winograd.winograd_conv`."""
   grads = {}
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3), jnp.float64)
-    model = {impl: models.create_model(name, 10, impl=impl, axis_name=None,
-                                       batch_norm=batch_norm)
-             for impl in ('cpu', 'xla')}
-    init = {impl: functools.partial(m.init, train=False)
-            for impl, m in model.items()}
-    variables = init['xla'](jax.random.key(0), x)
-    # One initialization for both (the cpu impl's would take seconds, its
-    # Winograd convolutions compiled one by one): the trees are the same.
+    model = {layers.name: models.create_model(name, 10, layers=layers,
+                                              axis_name=None,
+                                              batch_norm=batch_norm)
+             for layers in (models.CPU_TUNED, models.FLAX)}
+    init = {key: functools.partial(m.init, train=False)
+            for key, m in model.items()}
+    variables = init['flax'](jax.random.key(0), x)
+    # One initialization for both (CPU_TUNED's would compile its Winograd
+    # convolutions one by one): the trees are the same.
     chex.assert_trees_all_equal_shapes_and_dtypes(
-        jax.eval_shape(init['cpu'], jax.random.key(0), x), variables)
+        jax.eval_shape(init['cpu_tuned'], jax.random.key(0), x), variables)
     variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64),
                                        variables)
-    for impl in ('cpu', 'xla'):
+    for key in ('cpu_tuned', 'flax'):
 
-      def loss(params, apply=model[impl].apply):
+      def loss(params, apply=model[key].apply):
         logits, _ = apply({**variables, 'params': params}, x, train=True,
                           mutable=['batch_stats'])
         return jnp.sum(logits ** 2)
 
-      grads[impl] = jax.jit(jax.grad(loss))(variables['params'])
-    chex.assert_trees_all_equal_structs(grads['cpu'], grads['xla'])
-    for cpu, xla in zip(jax.tree_util.tree_leaves(grads['cpu']),
-                        jax.tree_util.tree_leaves(grads['xla'])):
-      chex.assert_type(cpu, jnp.float64)
-      chex.assert_trees_all_close(cpu, xla, rtol=1e-10,
-                                  atol=1e-10 * float(jnp.max(jnp.abs(xla))))
+      grads[key] = jax.jit(jax.grad(loss))(variables['params'])
+    chex.assert_trees_all_equal_structs(grads['cpu_tuned'], grads['flax'])
+    for tuned, reference in zip(jax.tree_util.tree_leaves(grads['cpu_tuned']),
+                                jax.tree_util.tree_leaves(grads['flax'])):
+      chex.assert_type(tuned, jnp.float64)
+      chex.assert_trees_all_close(
+          tuned, reference, rtol=1e-10,
+          atol=1e-10 * float(jnp.max(jnp.abs(reference))))
 
 
 @pytest.mark.parametrize('name', sorted(models.MODELS))
-@pytest.mark.parametrize('impl', ['cpu', 'xla'])
-def test_from_config_builds_the_configured_impl(name, impl):
+@pytest.mark.parametrize('layers, layer_set', [
+    ('cpu_tuned', models.CPU_TUNED), ('flax', models.FLAX)])
+def test_from_config_builds_the_configured_layers(name, layers, layer_set):
   config = cifar.get_config()
-  config.model, config.impl = name, impl
-  assert models.from_config(config, 10).impl == impl
+  config.model, config.layers = name, layers
+  assert models.from_config(config, 10).layers == layer_set
+
+
+def test_auto_layers_are_cpu_tuned_on_the_cpu_only():
+  assert models.layer_set('auto') is (
+      models.CPU_TUNED if jax.default_backend() == 'cpu' else models.FLAX)
+  assert models.layer_set('flax') is models.FLAX
+  with pytest.raises(ValueError, match='layers'):
+    models.layer_set('gpu')
+
+
+def conv_layer(prefix: str, i: int, c_in: int, c_out: int, batch_norm: bool):
+  """{path: shape} of a 3x3 Conv_i [and BatchNorm_i] under `prefix`."""
+  if not batch_norm:
+    return {f'params/{prefix}Conv_{i}/kernel': (3, 3, c_in, c_out),
+            f'params/{prefix}Conv_{i}/bias': (c_out,)}
+  return {f'params/{prefix}Conv_{i}/kernel': (3, 3, c_in, c_out),
+          **{f'{kind}/{prefix}BatchNorm_{i}/{leaf}': (c_out,)
+             for kind, leaf in (('params', 'scale'), ('params', 'bias'),
+                                ('batch_stats', 'mean'),
+                                ('batch_stats', 'var'))}}
+
+
+def dense_layers(*sizes):
+  return {f'params/Dense_{i}/{leaf}': shape
+          for i, (c_in, c_out) in enumerate(zip(sizes, sizes[1:]))
+          for leaf, shape in (('kernel', (c_in, c_out)), ('bias', (c_out,)))}
+
+
+def expected_variables(name: str, batch_norm: bool) -> dict:
+  """{path: shape} of every variable on 32x32x3 inputs and 10 classes, as
+  masks and checkpoints name them: the layers in order, no block levels."""
+  if name == 'resnet20':  # Always with batch norm.
+    variables = {**conv_layer('', 0, 3, 16, True), **dense_layers(64, 10)}
+    blocks = [(16, 16)] * 3 + [(16, 32)] + [(32, 32)] * 2 + [(32, 64)] + [
+        (64, 64)] * 2
+    for b, (c_in, c_out) in enumerate(blocks):
+      variables.update(conv_layer(f'ResidualBlock_{b}/', 0, c_in, c_out, True))
+      variables.update(conv_layer(f'ResidualBlock_{b}/', 1, c_out, c_out, True))
+    return variables
+  if name == 'allconv_bn':  # Always with batch norm; global pooling.
+    widths, batch_norm = (16, 32, 64), True
+    variables = dense_layers(64, 10)
+  elif name.startswith('vgg'):
+    widths = [w for w in models.VGG_LAYERS[int(name[3:])] if w != 'M']
+    variables = dense_layers(512, 10)
+  else:  # Two pools leave 8x8 maps.
+    widths, hidden = {'seed_cnn': ((64, 128), 1024),
+                      'seed_cnn_narrow': ((16, 32), 256)}[name]
+    variables = dense_layers(8 * 8 * widths[-1], hidden, 10)
+  for i, (c_in, c_out) in enumerate(zip((3, *widths), widths)):
+    variables.update(conv_layer('', i, c_in, c_out, batch_norm))
+  return variables
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+@pytest.mark.parametrize('batch_norm', [False, True])
+@pytest.mark.parametrize('layers', [models.FLAX, models.CPU_TUNED],
+                         ids=lambda s: s.name)
+def test_parameter_paths_and_shapes_are_the_layers_own(name, batch_norm,
+                                                       layers):
+  """Masks, checkpoints and pretrained starts name parameters by these
+  paths (Conv_0/kernel, ResidualBlock_4/Conv_1/kernel): every layer set
+  must give the same tree."""
+  variables = shapes(name, batch_norm=batch_norm, layers=layers)
+  actual = {'/'.join(k.key for k in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_flatten_with_path(
+                variables)[0]}
+  assert actual == expected_variables(name, batch_norm)

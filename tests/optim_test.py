@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import small_params as make_params
+from helpers import small_params as make_params
+from l2jax import configuration
 from l2jax import optim
 from l2jax import regularization
 
@@ -208,7 +209,7 @@ def test_decoupled_l2sp_decays_toward_the_anchor(schedule):
   got = run(optim.l2_chain(
       optax.trace(0.9), mode='decoupled', weight=LAM, learning_rate=ALPHA,
       multiplier=varying, mask=MASK, schedule=schedule,
-      anchor_decay=optim.decay_toward(w0, 0.3, sp_mask)), 4)
+      anchor_decay=optim.decay_toward(w0, 0.3, sp_mask(w0))), 4)
   w0_np = jax.tree_util.tree_map(np.asarray, w0)
 
   def decay(layer, name, w, t):
@@ -224,7 +225,7 @@ def test_decoupled_l2sp_decays_toward_the_anchor(schedule):
 
 def test_decay_toward_at_the_anchor_adds_nothing():
   params = make_params()
-  tx = optim.decay_toward(params, 0.3, MASK)
+  tx = optim.decay_toward(params, 0.3, MASK(params))
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   chex.assert_trees_all_equal(updates, grads)
@@ -239,11 +240,11 @@ def test_normalized_weight_follows_the_formula():
   steps_per_epoch = 30  # B = 30 · 64 = 1,920 examples an epoch.
   want = 0.05 * np.sqrt(64 / (1920 * 7))
   assert optim.l2_weight(config, steps_per_epoch) == pytest.approx(want)
-  assert optim.make_penalties(config, steps_per_epoch).l2_weight == (
-      pytest.approx(want))
-  # One decoupled step on a zero gradient shrinks the kernels by 1 − λ.
-  tx, _ = optim.make_optimizer(config, steps_per_epoch)
   params = make_params()
+  penalties = configuration.make_penalties(config, params, steps_per_epoch)
+  assert penalties.l2_weight == pytest.approx(want)
+  # One decoupled step on a zero gradient shrinks the kernels by 1 − λ.
+  tx, _ = optim.make_optimizer(config, penalties, steps_per_epoch)
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   np.testing.assert_allclose(updates['Dense_0']['kernel'],

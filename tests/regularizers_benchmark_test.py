@@ -2,31 +2,31 @@
 of each method's strength by validation."""
 
 import math
-import sys
 
-from conftest import read_csv
-from conftest import REPO
-from conftest import run_benchmark
+import ml_collections
 
-sys.path.insert(0, str(REPO / 'benchmarks'))
-import regularizers as reg  # pylint: disable=g-import-not-at-top
+from benchmarks import regularizers as reg
+from benchmarks import sweep
+from configs.sweeps import regularizers as presets
+from helpers import read_csv
+from helpers import run_benchmark
 
 
 def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
     cifar_small, tmp_path):
   args = ['--preset=smoke', f'--out={tmp_path}', f'--data=folder:{cifar_small}']
-  result = run_benchmark('regularizers.py', *args)
+  result = run_benchmark('regularizers', *args)
   assert result.returncode == 0, result.stderr[-3000:]
 
-  cells = reg.cells(reg.PRESETS['smoke'])
-  assert sorted({c.method for c in cells}) == sorted(reg.METHODS)
+  cells = reg.cells(presets.get_config('smoke'))
+  assert sorted({c.labels['method'] for c in cells}) == sorted(reg.METHODS)
   rows = read_csv(tmp_path / 'results.csv')
   assert list(rows[0]) == list(reg.COLUMNS)
   assert [(r['method'], float(r['l2_weight']), float(r['l1_weight']),
            float(r['dropout']), r['batch_norm'] == 'True')
-          for r in rows] == [tuple(c) for c in cells]
+          for r in rows] == [tuple(c.labels.values()) for c in cells]
   for row in rows:
-    assert row['diverged'] == 'False'
+    assert row['status'] == 'done'
     for key in ('train_accuracy', 'val_accuracy', 'test_accuracy',
                 *reg.NOISE_KEYS, 'sparsity'):
       assert 0 <= float(row[key]) <= 1, (key, row)
@@ -36,12 +36,12 @@ def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
     assert (workdir / 'summary.json').exists()
     assert not (workdir / 'checkpoints').exists()  # Dropped once done.
   # Each cell ran the config its row names.
-  summary = reg.common.read_json(tmp_path / rows[-1]['workdir'],
+  summary = sweep.read_json(tmp_path / rows[-1]['workdir'],
                                  'summary.json')
   assert summary['config']['batch_norm'] and summary['config']['l2'] == (
       {**summary['config']['l2'], 'mode': 'coupled',
        'weight': float(rows[-1]['l2_weight'])})
-  assert reg.common.read_json(tmp_path / rows[0]['workdir'], 'summary.json')[
+  assert sweep.read_json(tmp_path / rows[0]['workdir'], 'summary.json')[
       'config']['l2']['mode'] == 'none'
 
   report = (tmp_path / 'report.md').read_text()
@@ -50,9 +50,9 @@ def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
   for fragment in ('--preset=smoke', 'Machine:', 'jax ', 'flax ', 'optax ',
                    'Run time:', '## Reading', 'Sparsity', 'σ 0.1'):
     assert fragment in report, fragment
-  assert result.stdout.startswith('[1/')  # One line a cell trained.
+  assert '\n[1/7] ' in result.stdout  # One line a cell trained.
 
-  again = run_benchmark('regularizers.py', *args)  # Restart: every cell is done.
+  again = run_benchmark('regularizers', *args)  # Restart: every cell is done.
   assert again.returncode == 0, again.stderr[-3000:]
   assert '(0 of 7 cells trained' in again.stdout
   assert read_csv(tmp_path / 'results.csv') == rows
@@ -90,11 +90,12 @@ def test_each_method_gets_its_cell_of_best_validation_accuracy_not_test():
 
 
 def test_elastic_pairs_the_l1_and_l2_grids_and_combos_fix_the_other():
-  preset = dict(l2=(1.0, 2.0), l1=(0.1, 0.2), dropout=(0.3,),
-                fixed_dropout=0.5)
+  preset = ml_collections.ConfigDict(dict(
+      l2=(1.0, 2.0), l1=(0.1, 0.2), dropout=(0.3,), fixed_dropout=0.5))
   by_method = {}
   for cell in reg.cells(preset):
-    by_method.setdefault(cell.method, []).append(tuple(cell)[1:])
+    method, *strengths = cell.labels.values()
+    by_method.setdefault(method, []).append(tuple(strengths))
   assert by_method == {
       'none': [(0.0, 0.0, 0.0, False)],
       'l2': [(1.0, 0.0, 0.0, False), (2.0, 0.0, 0.0, False)],

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error
-from conftest import cli
-from conftest import final_params
-from conftest import read_jsonl
-from conftest import run_cli
-from conftest import TIMING_KEYS
+from helpers import assert_clean_error
+from helpers import cli
+from helpers import final_params
+from helpers import read_jsonl
+from helpers import run_cli
+from helpers import TIMING_KEYS
 
 # 512 training images / 32: 16 steps an epoch, 32 in all; a checkpoint every
 # 5 steps and at each epoch's end.

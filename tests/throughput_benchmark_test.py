@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from conftest import run_benchmark
+from helpers import run_benchmark
 
 HAS_TORCH = importlib.util.find_spec('torch') is not None
 
@@ -13,7 +13,7 @@ HAS_TORCH = importlib.util.find_spec('torch') is not None
 def test_report_has_every_row_and_equal_parameter_counts(tmp_path):
   out = tmp_path / 'throughput.md'
   result = run_benchmark(
-      'throughput.py', '--model=seed_cnn_narrow', '--batch_size=8',
+      'throughput', '--model=seed_cnn_narrow', '--batch_size=8',
       '--steps=2', f'--out={out}', '--torch' if HAS_TORCH else '--notorch')
   assert result.returncode == 0, result.stderr[-3000:]
   report = out.read_text()
@@ -30,8 +30,8 @@ def test_report_has_every_row_and_equal_parameter_counts(tmp_path):
   assert rows['parameters'] == [f'{expected:,}'] * (2 if HAS_TORCH else 1)
   assert float(rows['images/s'][0]) > 0
   nominal, executed = map(float, re.search(
-      r'impl xla, direct convolutions\), ([\d.]+) GFLOP .* does ([\d.]+) ',
-      report).groups())
+      r'--layers=flax, direct convolutions\), ([\d.]+) GFLOP .* '
+      r'does ([\d.]+) ', report).groups())
   assert nominal > 0 and executed > 0, report
   # The rate is the nominal count over the median step (both rounded).
   median_ms = float(rows['median step [ms] (min–max)'][0].split()[0])
@@ -42,7 +42,7 @@ def test_report_has_every_row_and_equal_parameter_counts(tmp_path):
 
 
 def test_steps_below_one_is_a_one_line_error():
-  result = run_benchmark('throughput.py', '--steps=0', '--notorch')
+  result = run_benchmark('throughput', '--steps=0', '--notorch')
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1] == (
       'throughput: error: --steps=0 must be at least 1'), result.stderr[-2000:]

@@ -1,7 +1,5 @@
 """The pmapped training step, in process, on synthetic data."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,6 +10,8 @@ from configs import cifar
 from l2jax import augment
 from l2jax import checkpoints
 from l2jax import data as data_lib
+from l2jax import devices
+from l2jax import evaluation
 from l2jax import models
 from l2jax import train
 
@@ -28,9 +28,9 @@ def test_train_step_compiles_once(monkeypatch):
                       chex.assert_max_traces(train.train_step, n=1))
   p_step = train.pmap_train_step(config, penalties,
                                  np.zeros(3, np.float32),
-                                 np.ones(3, np.float32))
-  state = train.replicate(state)
-  rng = train.replicate(jax.random.key(1))
+                                 np.ones(3, np.float32), 10)
+  state = devices.replicate(state)
+  rng = devices.replicate(jax.random.key(1))
   n = jax.local_device_count()
   images = np.zeros((n, 4, 8, 8, 3), np.uint8)
   labels = np.zeros((n, 4), np.int32)
@@ -59,19 +59,20 @@ def test_noise_at_sigma_0_is_the_clean_accuracy_and_noise_is_fixed():
       split.images, mean, std)), -1)
   split = data_lib.Split(split.images, np.where(
       np.arange(50) < 25, predicted, split.labels).astype(np.int32))
-  n = jax.local_device_count()
-  p_eval = jax.pmap(functools.partial(train.eval_step, apply_fn=model.apply,
-                                      mean=mean, std=std), axis_name=train.AXIS)
-  replicated = train.replicate({'params': params})
-  clean = train.evaluate(p_eval, replicated, split, 16 * n, n)['accuracy']
-  noisy = train.noise_evaluation(config, model.apply, mean, std, n)
-  first = noisy(replicated, split)
+  host = devices.host()
+  n = host.local_devices
+  config.eval_batch_size = 16 * n
+  evaluator = evaluation.Evaluator(config, model.apply, mean, std, host)
+  replicated = devices.replicate({'params': params})
+  clean = evaluation.evaluate(evaluator.clean, replicated, split, 16 * n,
+                              host)['accuracy']
+  first = evaluator.noise(replicated, split)
   assert set(first) == {'test_accuracy_noise0', 'test_accuracy_noise0.1'}
   assert first['test_accuracy_noise0'] == clean >= 0.5
   assert first['test_accuracy_noise0.1'] != clean  # The noise reaches the model.
-  assert noisy(replicated, split) == first
+  assert evaluator.noise(replicated, split) == first
   config.eval_batch_size = 25 * n  # The noise is keyed per example.
-  assert train.noise_evaluation(config, model.apply, mean, std, n)(
+  assert evaluation.Evaluator(config, model.apply, mean, std, host).noise(
       replicated, split) == first
 
 

@@ -1,0 +1,153 @@
+"""The figures of a coupled-vs-decoupled grid, from its rows."""
+
+import math
+
+import matplotlib
+
+matplotlib.use('Agg')
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
+
+from configs.sweeps import coupled_vs_decoupled as presets
+from l2jax import outputs
+
+# A colour scale spans at least this many accuracy points, so that noise
+# does not look like contrast.
+MIN_RANGE = 0.05
+SMOKE_NOTE = ' (smoke preset: the numbers mean nothing)'
+
+
+def _mean(rows, key):
+  values = [r[key] for r in rows if math.isfinite(r[key])]
+  return float(np.mean(values)) if values else math.nan
+
+
+def heatmaps(rows: list, analysis: dict, preset, path: str) -> None:
+  """Mean validation accuracy over seeds, x = λ (λ = 0 its own column),
+  y = lr, a panel a method; one colour scale for the figure. Framed: each
+  method's best cell; dots: each row's vertex λ̂; '=': a tie with the best."""
+  methods = list(preset.methods)
+  columns = min(len(methods), 2)
+  fig, axes = plt.subplots(math.ceil(len(methods) / columns), columns,
+                           figsize=(6.5 * columns, 5 * math.ceil(
+                               len(methods) / columns)),
+                           squeeze=False, constrained_layout=True)
+  cells = {}
+  for r in rows:
+    cells.setdefault((r['method'], r['lr'], r['l2_weight']), []).append(r)
+  means = {k: _mean(v, 'val_accuracy') for k, v in cells.items()}
+  finite = [v for v in means.values() if math.isfinite(v)]
+  high = max(finite, default=1.0)
+  low = min(min(finite, default=0.0), high - MIN_RANGE)
+  for ax, method in zip(axes.flat, methods):
+    lrs = sorted({k[1] for k in means if k[0] == method})
+    weights = sorted({k[2] for k in means if k[0] == method})
+    grid = np.full((len(lrs), len(weights)), np.nan)
+    for (m, lr, w), v in means.items():
+      if m == method:
+        grid[lrs.index(lr), weights.index(w)] = v
+    image = ax.imshow(grid, origin='lower', cmap='viridis', aspect='auto',
+                      vmin=low, vmax=high)
+    best = np.nanmax(grid) if np.isfinite(grid).any() else math.nan
+    for (i, j), v in np.ndenumerate(grid):
+      if math.isfinite(v):
+        mark = '=' if v == best else ''
+        ax.text(j, i, f'{100 * v:.1f}{mark}', ha='center', va='center',
+                fontsize=7, color='w' if v < (low + high) / 2 else 'k')
+    if weights and weights[0] == 0 and len(weights) > 1:
+      ax.axvline(0.5, color='w', linewidth=3)  # λ = 0 is off the log scale.
+    chosen = analysis[method]['gain']['best']
+    if chosen:
+      ax.add_patch(plt.Rectangle(
+          (weights.index(chosen['l2_weight']) - 0.5,
+           lrs.index(chosen['lr']) - 0.5), 1, 1, fill=False,
+          edgecolor='red', linewidth=2.5))
+    positive = [w for w in weights if w > 0]
+    for lr, vertex in analysis[method]['vertex'].items():
+      if vertex and positive:
+        # The vertex on the column axis: interpolate in log λ.
+        x = np.interp(math.log(vertex), np.log(positive),
+                      [weights.index(w) for w in positive])
+        ax.plot(x, lrs.index(lr), 'o', color='red', markersize=4)
+    optimizer, mode = presets.METHODS[method]
+    ax.set(xticks=range(len(weights)),
+           xticklabels=[f'{w:.2g}' for w in weights], yticks=range(len(lrs)),
+           yticklabels=[f'{lr:g}' for lr in lrs], xlabel='λ',
+           ylabel='learning rate α', title=f'{method}: {optimizer}, {mode}')
+    ax.tick_params(axis='x', labelrotation=60, labelsize=7)
+  fig.colorbar(image, ax=axes.ravel().tolist(), label='validation accuracy')
+  fig.suptitle('Validation accuracy, mean over seeds; red frame: best cell; '
+               'red dots: vertex λ̂ per row'
+               + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))
+  outputs.save_figure(fig, path)
+
+
+def _pairs(preset) -> list:
+  """[(coupled method, decoupled method)] of the same optimizer."""
+  return [(c, d) for c, d in (('sgd', 'sgdw'), ('adam', 'adamw'))
+          if c in preset.methods and d in preset.methods]
+
+
+def collapse(rows: list, preset, path: str) -> None:
+  """Validation accuracy (mean over seeds) against the total shrink
+  Σ_t s_t, every decayed cell of both methods of a pair: under batch norm
+  the decay acts through s alone, and the two fall on one curve."""
+  pairs = _pairs(preset)
+  fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(6 * len(pairs), 4.5),
+                           squeeze=False)
+  for ax, pair in zip(axes[0], pairs):
+    for method, marker in zip(pair, ('o', 's')):
+      cells = {}
+      for r in rows:
+        if r['method'] == method and r['l2_weight'] > 0:
+          cells.setdefault((r['lr'], r['l2_weight']), []).append(r)
+      lrs = sorted({lr for lr, _ in cells})
+      colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(lrs), 1)))
+      for (lr, _), group in sorted(cells.items()):
+        x, y = _mean(group, 'shrink_total'), _mean(group, 'val_accuracy')
+        if x > 0 and math.isfinite(y):
+          ax.plot(x, y, marker, color=colours[lrs.index(lr)],
+                  fillstyle='full' if marker == 'o' else 'none',
+                  label=f'{method} α={lr:g}')
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
+    ax.set(xscale='log', xlabel='Σ_t s_t (total shrink from the decay)',
+           ylabel='validation accuracy', title=f'{pair[0]} (filled) and '
+           f'{pair[1]} (open)')
+    ax.axvline(5, color='grey', linestyle=':', linewidth=1)
+  fig.suptitle('Accuracy against the decay\'s total shrink'
+               + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))
+  fig.tight_layout()
+  outputs.save_figure(fig, path)
+
+
+def angles(rows: list, preset, path: str) -> None:
+  """The last epoch's measured Δθ against the predicted Δθ*, one point per
+  cell (scale-invariant groups, median), coloured by Σ_t s_t."""
+  fig, ax = plt.subplots(figsize=(6, 5))
+  points = [(r['angle_equilibrium_last'], r['angle_last'], r['shrink_total'],
+             r['method']) for r in rows
+            if math.isfinite(r['angle_last'])
+            and math.isfinite(r['angle_equilibrium_last'])]
+  if points:
+    x, y, shrink, _ = zip(*points)
+    scatter = ax.scatter(x, y, c=np.log10(np.maximum(shrink, 1e-3)),
+                         cmap='viridis', s=14)
+    fig.colorbar(scatter, ax=ax, label='log₁₀ Σ_t s_t')
+    span = [min(x + y), max(x + y)]
+    ax.plot(span, span, 'k-', linewidth=1, label='Δθ = Δθ*')
+    ax.fill_between(span, [0.8 * v for v in span], [1.2 * v for v in span],
+                    color='grey', alpha=0.2, label='±20%')
+    ax.set(xscale='log', yscale='log')
+    ax.legend(fontsize=8)
+  else:
+    ax.text(0.5, 0.5, 'no scale-invariant kernel group', ha='center',
+            transform=ax.transAxes)
+  ax.set(xlabel='predicted equilibrium Δθ* (rad/step), last epoch',
+         ylabel='measured Δθ (rad/step), last epoch',
+         title='Angular update of scale-invariant kernels'
+         + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))
+  fig.tight_layout()
+  outputs.save_figure(fig, path)

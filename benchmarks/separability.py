@@ -1,0 +1,293 @@
+"""The analysis of a coupled-vs-decoupled grid: slopes with intervals, gains
+over λ = 0, the rotation measures, and report.md. Pure functions of the
+rows `benchmarks.coupled_vs_decoupled` builds from the cells' files."""
+
+import json
+import math
+import re
+
+import numpy as np
+
+from benchmarks import slopes
+from benchmarks import sweep
+from configs import cifar
+from configs.sweeps import coupled_vs_decoupled as presets
+from l2jax import outputs
+
+# Loshchilov & Hutter (ICLR 2019, Fig. 2), networks with batch norm: the
+# best λ moves as 1/α under coupled decay and stays put under decoupled.
+PAPER_SLOPE = {'coupled': -1.0, 'decoupled': 0.0}
+# The slopes each regime predicts (the README's mechanism): for
+# scale-invariant weights the equilibrium angle sets the best λ (coupled
+# s = α λ/(1 − β): −1; decoupled s = η λ: 0); without normalization the
+# minimizer of L + ½ λ‖w‖² does (coupled: 0; decoupled acts as λ/α: +1).
+INVARIANT_SLOPE = {'coupled': -1.0, 'decoupled': 0.0}
+PLAIN_SLOPE = {'coupled': 0.0, 'decoupled': 1.0}
+
+
+def parse_cell_name(name: str) -> tuple:
+  """(lr, λ, seed) of a cell folder `lr0.01_lambda0.00316_seed2`."""
+  match = re.fullmatch(r'lr([^_]+)_lambda([^_]+)_seed(\d+)', name)
+  return float(match[1]), float(match[2]), int(match[3])
+
+
+def by_row(rows: list) -> dict:
+  """{(method, lr): that row's cells}."""
+  result = {}
+  for r in rows:
+    result.setdefault((r['method'], r['lr']), []).append(r)
+  return result
+
+
+def _median(values) -> float:
+  values = [v for v in values if v is not None and math.isfinite(v)]
+  return float(np.median(values)) if values else math.nan
+
+
+def rotation_columns(workdir: str) -> dict:
+  """From a cell's metrics.jsonl: the total shrink Σ_t s_t (median over the
+  decayed kernel groups), and in the scale-invariant groups the last
+  epoch's Δθ, Δθ* and their ratio, and the ratio at mid-training (medians
+  over the groups); nan where there is nothing to measure."""
+  records = outputs.read_metrics(workdir)
+  empty = dict.fromkeys(('shrink_total', 'angle_last',
+                         'angle_equilibrium_last', 'angle_ratio_last',
+                         'angle_ratio_mid'), math.nan)
+  if not records:
+    return empty
+  groups = [k.split('/', 1)[1] for k in records[-1]
+            if k.startswith('shrink/')]
+  steps = np.diff([0] + [r['step'] for r in records])
+  totals = [sum((r.get(f'shrink/{g}') or 0.0) * n
+                for r, n in zip(records, steps)) for g in groups]
+  invariant = [g for g in groups if records[-1].get(f'scale_invariant/{g}')]
+
+  def ratio(record):
+    return _median([_div(record.get(f'angular_update/{g}'),
+                         record.get(f'angular_update_equilibrium/{g}'))
+                    for g in invariant])
+
+  last = records[-1]
+  return {
+      'shrink_total': _median([t for t in totals if t > 0]) if any(totals)
+                      else 0.0,
+      'angle_last': _median([last.get(f'angular_update/{g}')
+                             for g in invariant]),
+      'angle_equilibrium_last': _median(
+          [last.get(f'angular_update_equilibrium/{g}') for g in invariant]),
+      'angle_ratio_last': ratio(last),
+      'angle_ratio_mid': ratio(records[(len(records) - 1) // 2]),
+  }
+
+
+def _div(a, b) -> float:
+  if a is None or b is None or not b:
+    return math.nan
+  return a / b
+
+
+def _seed_mean(rows: list, key: str, seeds) -> float:
+  values = {r['seed']: r[key] for r in rows}
+  return float(np.mean([values.get(s, math.nan) for s in seeds]))
+
+
+def best_cell(rows: list, seeds) -> dict:
+  """The (lr, λ) of highest validation accuracy averaged over `seeds`, and
+  its mean test accuracy; None when no cell finished."""
+  cells = {}
+  for r in rows:
+    cells.setdefault((r['lr'], r['l2_weight']), []).append(r)
+  scored = {k: _seed_mean(v, 'val_accuracy', seeds) for k, v in cells.items()}
+  finite = {k: v for k, v in scored.items() if math.isfinite(v)}
+  if not finite:
+    return None
+  lr, weight = max(finite, key=finite.get)
+  return {'lr': lr, 'l2_weight': weight, 'val_accuracy': finite[lr, weight],
+          'test_accuracy': _seed_mean(cells[lr, weight], 'test_accuracy',
+                                      seeds)}
+
+
+def gain(rows: list, draws: int = 2000, seed: int = 0) -> dict:
+  """Test accuracy of the best cell (by mean validation accuracy) minus that
+  of the best λ = 0 cell, with a 95% interval from resampling the seeds
+  (both choices made again on each draw)."""
+  seeds = sorted({r['seed'] for r in rows})
+  zeros = [r for r in rows if r['l2_weight'] == 0]
+
+  def difference(drawn):
+    best, zero = best_cell(rows, drawn), best_cell(zeros, drawn)
+    if best is None or zero is None:
+      return math.nan
+    return best['test_accuracy'] - zero['test_accuracy']
+
+  rng = np.random.default_rng(seed)
+  draws_ = [difference(list(rng.choice(seeds, len(seeds)))) for _ in
+            range(draws)]
+  draws_ = [d for d in draws_ if math.isfinite(d)]
+  low, high = (np.percentile(draws_, [2.5, 97.5]) if draws_
+               else (math.nan, math.nan))
+  return {'best': best_cell(rows, seeds), 'zero': best_cell(zeros, seeds),
+          'gain': difference(seeds), 'low': float(low), 'high': float(high)}
+
+
+def method_analysis(rows: list, preset) -> dict:
+  """One method's rows: per-row argmax and vertex, both slopes with 95%
+  intervals, the rows still at an edge, the gain over λ = 0, the total
+  shrink at each row's best λ, and the Δθ ratios of its cells."""
+  seeds = list(preset.seeds)
+  decayed = [r for r in rows if r['l2_weight'] > 0]
+  rows_at_edge = {}
+  shrink_at_best = {}
+  for (_, lr), cells in by_row(decayed).items():
+    accuracy = slopes.mean_accuracy(cells, seeds)
+    rows_at_edge[lr] = slopes.at_edge(accuracy)
+    best = slopes.argmax(accuracy)
+    shrink_at_best[lr] = _median([r['shrink_total'] for r in cells
+                                  if r['l2_weight'] == best])
+  converged = [r for r in decayed if r['shrink_total'] >= 5]
+  return {
+      'argmax': slopes.best_by_lr(decayed, seeds, slopes.argmax),
+      'vertex': slopes.best_by_lr(decayed, seeds, slopes.vertex),
+      'slope_argmax': slopes.bootstrap(decayed, slopes.argmax),
+      'slope_vertex': slopes.bootstrap(decayed, slopes.vertex),
+      'at_edge': rows_at_edge,
+      'shrink_at_best': shrink_at_best,
+      'gain': gain(rows),
+      'angle_ratio_last': _quantiles([r['angle_ratio_last']
+                                      for r in converged]),
+      'angle_ratio_mid': _quantiles([r['angle_ratio_mid'] for r in converged]),
+      'cells_converged': len(converged),
+  }
+
+
+def _quantiles(values) -> dict:
+  values = [v for v in values if math.isfinite(v)]
+  if not values:
+    return {'n': 0}
+  q = np.percentile(values, [10, 50, 90])
+  within = np.mean([abs(v - 1) <= 0.2 for v in values])
+  return {'n': len(values), 'p10': q[0], 'median': q[1], 'p90': q[2],
+          'within_20pct': float(within)}
+
+
+def analyse(rows: list, preset) -> dict:
+  """{method: method_analysis}, and the scale-invariant share."""
+  result = {m: method_analysis([r for r in rows if r['method'] == m], preset)
+            for m in preset.methods}
+  result['scale_invariant_share'] = _median(
+      [r['scale_invariant_share'] for r in rows])
+  return result
+
+
+def to_json(analysis: dict) -> str:
+  """analysis.json: numbers as numbers, nan and missing values as null."""
+  def clean(x):
+    if isinstance(x, dict):
+      return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+      return float(x) if math.isfinite(x) else None
+    return x
+  return json.dumps(clean(analysis), indent=2, sort_keys=True) + '\n'
+
+
+def _pct(x) -> str:
+  return f'{100 * x:.2f}' if x is not None and math.isfinite(x) else 'n/a'
+
+
+def _slope(s: dict) -> str:
+  if s['slope'] is None:
+    return 'n/a'
+  return (f'{s["slope"]:+.2f} [{s["low"]:+.2f}, {s["high"]:+.2f}]'
+          + (f' ({100 * s["defined"]:.0f}% of draws)' if s['defined'] < 1
+             else ''))
+
+
+def expected(mode: str, share: float) -> str:
+  """The mechanism's slope for a share of scale-invariant parameters."""
+  if share >= 0.9:
+    return f'{INVARIANT_SLOPE[mode]:+.0f}'
+  if share <= 0.1:
+    return f'{PLAIN_SLOPE[mode]:+.0f}'
+  return 'between'
+
+
+def report(rows: list, analysis: dict, preset, seconds: float,
+           trained: int) -> str:
+  """report.md: how it was made, slopes, gains, rotation; from the rows."""
+  share = analysis['scale_invariant_share']
+  lines = ['# Coupled L2 against decoupled weight decay', '',
+           *sweep.header(preset, rows, seconds, trained, cifar.get_config()),
+           f'- Scale-invariant share of the decayed parameters: {_pct(share)} %',
+           f'- Seeds: {list(preset.seeds)}; λ on a ×√10 lattice; rows widened '
+           f'up to {preset.widen_rounds} rounds', '']
+  if preset.preset.startswith('smoke'):
+    lines += ['**A smoke preset: it exercises every output; its numbers mean '
+              'nothing.**', '']
+  lines += [
+      '## Separability: the best λ against the learning rate', '',
+      'Per lr row, the best λ > 0 by validation accuracy averaged over the '
+      'seeds (argmax), and the vertex of a parabola fitted to it against '
+      'log λ around the argmax; the slope of log λ against log α by least '
+      'squares over the rows, with a 95% interval from resampling the seeds '
+      '(benchmarks/slopes.py). Expected: Loshchilov & Hutter\'s Fig. 2 (batch '
+      'norm), and the mechanism for this network\'s scale-invariant share.',
+      '', '| method | vertex λ̂ by lr | slope (vertex) | slope (argmax) | '
+      'paper | mechanism | rows at an edge |', '|---|---|---|---|---|---|---|']
+  for method in preset.methods:
+    a, mode = analysis[method], presets.METHODS[method][1]
+    vertices = ', '.join(f'{lr:g}: {w:.3g}' if w else f'{lr:g}: –'
+                         for lr, w in a['vertex'].items())
+    edges = ', '.join(f'{lr:g} ({e})' for lr, e in a['at_edge'].items() if e)
+    lines.append(f'| {method} | {vertices} | {_slope(a["slope_vertex"])} | '
+                 f'{_slope(a["slope_argmax"])} | {PAPER_SLOPE[mode]:+.0f} | '
+                 f'{expected(mode, share)} | {edges or "none"} |')
+  lines += ['', '## Gain of the best cell over λ = 0', '',
+            'Test accuracy (%) of the cell of best mean validation accuracy, '
+            'minus that of the best λ = 0 cell, 95% interval over seeds.', '',
+            '| method | best (lr, λ) | test | best λ = 0 (lr) | test | gain |',
+            '|---|---|---|---|---|---|']
+  for method in preset.methods:
+    g = analysis[method]['gain']
+    if not g['best'] or not g['zero']:
+      lines.append(f'| {method} | no finished cell |||||')
+      continue
+    lines.append(
+        f'| {method} | {g["best"]["lr"]:g}, {g["best"]["l2_weight"]:g} | '
+        f'{_pct(g["best"]["test_accuracy"])} | {g["zero"]["lr"]:g} | '
+        f'{_pct(g["zero"]["test_accuracy"])} | {100 * g["gain"]:+.2f} '
+        f'[{100 * g["low"]:+.2f}, {100 * g["high"]:+.2f}] |')
+  lines += ['', '## The mechanism: angular updates', '',
+            'Σ_t s_t: the total shrink the decay gave the weights; its value '
+            'at each row\'s best λ. Δθ/Δθ*: the measured angular update of '
+            'the scale-invariant kernel groups over the predicted equilibrium '
+            '(l2jax/equilibrium.py), in cells with Σ_t s_t ≥ 5: at the last '
+            'epoch and at mid-training (10th, 50th, 90th percentile; share '
+            'within 20%).', '',
+            '| method | Σ s_t at the best λ, by lr | cells | Δθ/Δθ* last '
+            'epoch | within 20% | Δθ/Δθ* mid-training | within 20% |',
+            '|---|---|---|---|---|---|---|']
+  for method in preset.methods:
+    a = analysis[method]
+    totals = ', '.join(f'{lr:g}: {t:.2g}' for lr, t in
+                       a['shrink_at_best'].items())
+    lines.append(f'| {method} | {totals} | {a["cells_converged"]} | '
+                 f'{_spread(a["angle_ratio_last"])} | '
+                 f'{_share(a["angle_ratio_last"])} | '
+                 f'{_spread(a["angle_ratio_mid"])} | '
+                 f'{_share(a["angle_ratio_mid"])} |')
+  lines += ['', 'Figures: heatmaps.png (mean validation accuracy by lr × λ), '
+            'collapse.png (accuracy against Σ_t s_t), angles.png (Δθ against '
+            'Δθ*). Every cell: results.csv; the numbers above: analysis.json.']
+  return '\n'.join(lines) + '\n'
+
+
+def _spread(q: dict) -> str:
+  if not q.get('n'):
+    return 'n/a'
+  return f'{q["median"]:.2f} ({q["p10"]:.2f}–{q["p90"]:.2f})'
+
+
+def _share(q: dict) -> str:
+  return f'{100 * q["within_20pct"]:.0f}%' if q.get('n') else 'n/a'

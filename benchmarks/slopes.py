@@ -1,0 +1,104 @@
+"""Where the best λ lies in each learning-rate row, and how it moves with α.
+
+Input: grid rows, one per (lr, λ, seed), with `lr`, `l2_weight`, `seed` and
+`val_accuracy` (nan for a cell that did not finish). Per lr row:
+
+* the argmax: the λ > 0 of highest validation accuracy, averaged over seeds;
+* the vertex: x̂ = −b / (2a) of a parabola a x² + b x + c fitted by least
+  squares to the mean validation accuracy against x = log λ over the argmax
+  and up to two grid points on each side (at least one each side; an argmax
+  at an end of the row's grid has no vertex).
+
+The separability slope is the least-squares slope of log λ̂ against log α
+over the rows that have one (Loshchilov & Hutter, ICLR 2019, Fig. 2: about
+−1 for coupled L2, 0 for decoupled decay). `bootstrap` gives its 95%
+interval by resampling the seeds with replacement, the same draw for every
+cell, since a seed fixes the validation split all cells of it share.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def mean_accuracy(rows: Sequence[dict], seeds: Sequence[int]) -> dict:
+  """{λ: validation accuracy averaged over `seeds` (with repeats)}, for the
+  λ > 0 of one lr row; nan where a seed's cell did not finish."""
+  by_cell = {(r['l2_weight'], r['seed']): r['val_accuracy'] for r in rows}
+  weights = sorted({r['l2_weight'] for r in rows if r['l2_weight'] > 0})
+  return {w: float(np.mean([by_cell.get((w, s), math.nan) for s in seeds]))
+          for w in weights}
+
+
+def argmax(accuracy: dict) -> Optional[float]:
+  """The λ of highest accuracy; None when none is finite."""
+  finite = {w: a for w, a in accuracy.items() if math.isfinite(a)}
+  return max(finite, key=finite.get) if finite else None
+
+
+def at_edge(accuracy: dict) -> Optional[str]:
+  """'low' or 'high' when the argmax is the row's smallest or largest λ."""
+  best = argmax(accuracy)
+  weights = sorted(accuracy)
+  if best is None or len(weights) < 2:
+    return None
+  return {weights[0]: 'low', weights[-1]: 'high'}.get(best)
+
+
+def vertex(accuracy: dict, reach: int = 2) -> Optional[float]:
+  """λ̂ of the parabola through the argmax and its neighbours (module
+  docstring); None at an edge, for a convex fit, or too few finite points."""
+  weights = sorted(accuracy)
+  best = argmax(accuracy)
+  if best is None or at_edge(accuracy):
+    return None
+  i = weights.index(best)
+  window = [w for w in weights[max(i - reach, 0):i + reach + 1]
+            if math.isfinite(accuracy[w])]
+  if len(window) < 3:
+    return None
+  x = np.log([w for w in window])
+  a, b, _ = np.polyfit(x, [accuracy[w] for w in window], 2)
+  if a >= 0:
+    return None
+  # A vertex beyond the fitted points is an extrapolation: clip to them.
+  return float(np.exp(np.clip(-b / (2 * a), x.min(), x.max())))
+
+
+def slope(best_by_lr: dict) -> Optional[float]:
+  """Least-squares slope of log λ against log α; None with < 2 rows."""
+  points = [(lr, w) for lr, w in best_by_lr.items() if w]
+  if len(points) < 2:
+    return None
+  log_lr, log_w = np.log(np.array(points, dtype=float)).T
+  return float(np.polyfit(log_lr, log_w, 1)[0])
+
+
+def best_by_lr(rows: Sequence[dict], seeds: Sequence[int],
+               estimator=vertex) -> dict:
+  """{lr: the estimator's λ} for one method's rows."""
+  result = {}
+  for lr in sorted({r['lr'] for r in rows}):
+    accuracy = mean_accuracy([r for r in rows if r['lr'] == lr], seeds)
+    result[lr] = estimator(accuracy)
+  return result
+
+
+def bootstrap(rows: Sequence[dict], estimator=vertex, draws: int = 2000,
+              seed: int = 0) -> dict:
+  """The slope on all seeds, and its 95% percentile interval over `draws`
+  resamplings of the seeds (draws whose slope is undefined are counted:
+  `defined` is their share)."""
+  seeds = sorted({r['seed'] for r in rows})
+  point = slope(best_by_lr(rows, seeds, estimator))
+  rng = np.random.default_rng(seed)
+  slopes = []
+  for _ in range(draws):
+    drawn = list(rng.choice(seeds, size=len(seeds), replace=True))
+    slopes.append(slope(best_by_lr(rows, drawn, estimator)))
+  defined = [s for s in slopes if s is not None]
+  low, high = (np.percentile(defined, [2.5, 97.5]) if defined
+               else (math.nan, math.nan))
+  return {'slope': point, 'low': float(low), 'high': float(high),
+          'defined': len(defined) / draws}

@@ -1,0 +1,408 @@
+"""One runner for every sweep: cells, their records, executors and rows.
+
+A sweep is a list of `Cell`s over a base training config (a sweep config
+file's `train`, e.g. configs/sweeps/coupled_vs_decoupled.py). Each cell is
+one `l2jax.train.train_and_evaluate` call, the training code of
+`l2jax.main`, in its own workdir under OUT/cells/, which is its record:
+
+- `summary.json` (l2jax's) once it finished;
+- `cell.json` (this module's): its config, wall seconds and `status`:
+  `done`, `diverged` (l2jax's DivergenceError: a result, never rerun) or
+  `failed` (any other exception, with its one-line message: rerun by the
+  next call).
+
+`run` trains the cells that are not done, through an executor:
+
+- `inline`: one after another in this process, sharing each read of the
+  data among cells that read the same data;
+- `local`: submitit's local executor, `parallel` jobs at once as
+  subprocesses, each training its share of the cells; `pin` gives each job
+  one GPU (`gpus`) or its own group of CPU cores (`cores`);
+- `slurm`: submitit's Slurm executor, one job array per call.
+
+A cell killed midway resumes from its own checkpoints on the next call.
+Flag-free, so that every script can import it and define its own flags.
+"""
+
+import copy
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from typing import NamedTuple, Optional, Sequence
+
+from absl import logging
+import jax
+
+from l2jax import configuration
+from l2jax import data as data_lib
+from l2jax import outputs
+from l2jax import train
+from l2jax.errors import DivergenceError, L2JaxError
+
+CELL = 'cell.json'
+EXECUTORS = ('inline', 'local', 'slurm')
+PINS = ('none', 'cores', 'gpus')
+# Config keys that decide what `data.load` returns: cells equal in these
+# share one read of the data.
+DATA_KEYS = ('dataset', 'data_dir', 'manual_dir', 'validation_fraction',
+             'max_train_examples', 'seed')
+
+
+class Cell(NamedTuple):
+  """One training run of a sweep.
+
+  name: its workdir under OUT/cells; overrides: flattened config keys
+  (`l2.weight`) and values over the sweep's base config; labels: the
+  columns it adds to its row (method, lr, λ, seed, ...).
+  """
+  name: str
+  overrides: dict
+  labels: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Executor:
+  """How `run` trains the cells; see the module docstring."""
+  kind: str = 'inline'
+  parallel: int = 1
+  pin: str = 'none'
+  cells_per_job: int = 0  # 0: the cells spread evenly over `parallel` jobs.
+  slurm: dict = dataclasses.field(default_factory=dict)  # submitit's slurm_*.
+
+
+def cell_config(base, cell: Cell):
+  """The base config with the cell's overrides."""
+  config = copy.deepcopy(base)
+  config.unlock()
+  config.update_from_flattened_dict(cell.overrides)
+  return config
+
+
+def workdir(out: str, cell: Cell) -> str:
+  return os.path.join(out, 'cells', cell.name)
+
+
+def read_json(folder: str, name: str) -> Optional[dict]:
+  """The JSON file `name` in `folder`, or None where there is none."""
+  path = os.path.join(folder, name)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _jsonable(config) -> dict:
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def is_done(folder: str, config) -> bool:
+  """Whether the cell finished (summary.json) or diverged; a failed or
+  killed cell is not done. L2JaxError when it ran with another config: its
+  numbers would not be the sweep's."""
+  summary = read_json(folder, outputs.SUMMARY)
+  record = read_json(folder, CELL) or {}
+  if summary is None and record.get('status') != 'diverged':
+    return False
+  ran = summary['config'] if summary else record['config']
+  if ran != _jsonable(config):
+    raise L2JaxError(f'{folder} was run with another config; use another '
+                     '--out, or delete it to run it again')
+  return True
+
+
+def one_line(error: BaseException) -> str:
+  """`Type: first line of the message`, for cell.json and the report."""
+  message = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {message[0] if message else ""}'.strip()
+
+
+def train_cell(folder: str, config, dataset=None,
+               keep_checkpoints: bool = False) -> dict:
+  """Trains one cell and writes its cell.json; returns that record.
+
+  Any exception but an interrupt is recorded, not raised: the sweep goes on.
+  """
+  os.makedirs(folder, exist_ok=True)
+  start = time.perf_counter()
+  status, error = 'done', None
+  try:
+    final = train.train_and_evaluate(config, folder, dataset)['final']
+    result = (f'val {final.get("val_accuracy", math.nan):.4f}, '
+              f'test {final.get("test_accuracy", math.nan):.4f}')
+  except DivergenceError as e:
+    status, error, result = 'diverged', str(e), 'diverged'
+  except Exception as e:  # pylint: disable=broad-except
+    status, error, result = 'failed', one_line(e), f'failed ({one_line(e)})'
+    logging.warning('cell %s failed:\n%s', folder, traceback.format_exc())
+  record = {'config': config.to_dict(), 'status': status, 'error': error,
+            'wall_seconds': time.perf_counter() - start, 'result': result}
+  outputs.write_atomic(os.path.join(folder, CELL),
+                       json.dumps(record, indent=2) + '\n')
+  if not keep_checkpoints and status != 'failed':
+    shutil.rmtree(os.path.join(folder, 'checkpoints'), ignore_errors=True)
+  return record
+
+
+def _data_key(config) -> tuple:
+  return tuple(json.dumps(config[k]) for k in DATA_KEYS)
+
+
+class Progress:
+  """Prints `[done/total] cell: result, seconds; ETA` as cells finish."""
+
+  def __init__(self, total: int):
+    self.total, self.done, self.start = total, 0, time.perf_counter()
+
+  def eta(self) -> str:
+    if not self.done or self.done >= self.total:
+      return ''
+    elapsed = time.perf_counter() - self.start
+    left = elapsed / self.done * (self.total - self.done)
+    return f'; ETA {time.strftime("%H:%M", time.localtime(time.time() + left))}'\
+        f' ({left / 60:.0f} min left)'
+
+  def cell(self, name: str, record: dict) -> None:
+    self.done += 1
+    print(f'[{self.done}/{self.total}] {name}: {record["result"]}, '
+          f'{record["wall_seconds"]:.0f} s{self.eta()}', flush=True)
+
+
+def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
+                progress: Optional[Progress] = None) -> None:
+  """(name, folder, config) one after another, one read of the data for
+  cells that read the same data."""
+  progress = progress or Progress(len(jobs))
+  jobs = sorted(jobs, key=lambda job: _data_key(job[2]))
+  dataset, key = None, None
+  for name, folder, config in jobs:
+    if _data_key(config) != key:
+      dataset, key = None, _data_key(config)  # Frees the last data first.
+      try:
+        dataset = data_lib.load(config)
+      except L2JaxError:
+        dataset = None  # train_cell meets the error again and records it.
+    progress.cell(name, train_cell(folder, config, dataset, keep_checkpoints))
+
+
+def _job(jobs: Sequence[tuple], keep_checkpoints: bool, pin: str,
+         index: int, parallel: int) -> int:
+  """The body of one submitit job: pins itself, then `train_cells`."""
+  from l2jax import cpu  # pylint: disable=g-import-not-at-top
+  cpu.configure()
+  if pin == 'cores' and hasattr(os, 'sched_setaffinity'):
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(len(cores) // parallel, 1)
+    group = cores[(index % parallel) * share:][:share] or cores
+    os.sched_setaffinity(0, group)
+  logging.set_verbosity(logging.WARNING)
+  train_cells(jobs, keep_checkpoints)
+  return len(jobs)
+
+
+def _chunks(jobs: list, size: int) -> list:
+  return [jobs[i:i + size] for i in range(0, len(jobs), size)]
+
+
+def make_submitit_executor(executor: Executor, folder: str, jobs: int):
+  """submitit's executor for `executor.kind` ('local' or 'slurm')."""
+  import submitit  # pylint: disable=g-import-not-at-top
+  if executor.kind == 'local':
+    ex = submitit.LocalExecutor(folder=folder)
+    parameters = dict(timeout_min=executor.slurm.get('timeout_min', 24 * 60))
+    ex.update_parameters(**parameters)
+    return ex
+  ex = submitit.AutoExecutor(folder=folder, cluster='slurm')
+  ex.update_parameters(**{'slurm_array_parallelism': executor.parallel,
+                          'name': 'l2jax-sweep', **executor.slurm})
+  del jobs
+  return ex
+
+
+def submit(executor: Executor, jobs: list, out: str,
+           keep_checkpoints: bool) -> list:
+  """Submits `jobs` through submitit; returns the submitit jobs."""
+  size = executor.cells_per_job or math.ceil(len(jobs) / executor.parallel)
+  chunks = _chunks(sorted(jobs, key=lambda job: _data_key(job[2])), size)
+  ex = make_submitit_executor(executor, os.path.join(out, 'submitit'),
+                              len(chunks))
+  if executor.kind == 'local':
+    submitted = []
+    for index, chunk in enumerate(chunks):
+      if executor.pin == 'gpus':
+        ex.update_parameters(visible_gpus=(index % executor.parallel,),
+                             gpus_per_node=1)
+      submitted.append(ex.submit(_job, chunk, keep_checkpoints,
+                                 executor.pin, index, executor.parallel))
+    return submitted
+  n = len(chunks)
+  return ex.map_array(_job, chunks, [keep_checkpoints] * n,
+                      [executor.pin] * n, list(range(n)),
+                      [executor.parallel] * n)
+
+
+def wait(submitted: list, jobs: list, poll_seconds: float = 10.0) -> None:
+  """Waits for submitit jobs, printing each cell as its cell.json appears;
+  Ctrl-C cancels the jobs."""
+  progress = Progress(len(jobs))
+  seen = set()
+  try:
+    while True:
+      for name, folder, config in jobs:
+        record = read_json(folder, CELL)
+        if name not in seen and record and record['config'] == _jsonable(
+            config):
+          seen.add(name)
+          progress.cell(name, record)
+      if all(job.done() for job in submitted):
+        break
+      time.sleep(poll_seconds)
+  except KeyboardInterrupt:
+    for job in submitted:
+      job.cancel(check=False)
+    raise
+  for job in submitted:
+    try:
+      job.result()
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'a sweep job ended early ({one_line(e)}); its unfinished cells '
+            'run again with the same command', flush=True)
+
+
+def run(cells: Sequence[Cell], base, out: str,
+        executor: Executor = Executor(), keep_checkpoints: bool = False) -> int:
+  """Trains the cells not done yet; returns how many it started.
+
+  Every config is validated before any training (ConfigError names the
+  first wrong one); a cell done with another config stops the sweep.
+  """
+  jobs = {}
+  for cell in cells:
+    config = cell_config(base, cell)
+    configuration.validate(config, jax.local_device_count())
+    folder = workdir(out, cell)
+    if folder not in jobs and not is_done(folder, config):
+      jobs[folder] = (cell.name, folder, config)  # Cells may share a folder.
+  jobs = list(jobs.values())
+  if not jobs:
+    return 0
+  print(f'{len(jobs)} of {len({c.name for c in cells})} cells to train '
+        f'({executor.kind})', flush=True)
+  if executor.kind == 'inline':
+    train_cells(jobs, keep_checkpoints)
+  else:
+    wait(submit(executor, jobs, out, keep_checkpoints), jobs)
+  return len(jobs)
+
+
+def row(out: str, cell: Cell, metrics: Sequence[str]) -> dict:
+  """A cell's row from its files: labels, status, the final `metrics` (nan
+  where absent: a diverged or failed cell), timing and workdir."""
+  folder = workdir(out, cell)
+  summary = read_json(folder, outputs.SUMMARY)
+  record = read_json(folder, CELL) or {}
+  final = summary['final'] if summary else {}
+  epochs = outputs.read_metrics(folder)
+  status = 'done' if summary else record.get('status', 'not run')
+  return {
+      **cell.labels, 'status': status,
+      **{k: final.get(k, math.nan) if final.get(k) is not None else math.nan
+         for k in metrics},
+      'epochs': len(epochs) if summary else 0,
+      'wall_seconds': record.get('wall_seconds', math.nan),
+      # l2jax's per-epoch training time (epoch 1 includes compilation).
+      'train_seconds': sum(r['epoch_seconds'] for r in epochs),
+      'images_per_second': statistics.median(
+          [r['images_per_second'] for r in epochs[1:] or epochs] or
+          [math.nan]),
+      'error': record.get('error') or '',
+      'workdir': os.path.relpath(folder, out),
+  }
+
+
+def best(rows: Sequence[dict]) -> Optional[dict]:
+  """The row of highest validation accuracy, ties to lower validation loss;
+  never a diverged or failed row (nan); None if there is no other."""
+  finite = [r for r in rows if math.isfinite(r['val_accuracy'])]
+  return max(finite, key=lambda r: (r['val_accuracy'], -r['val_loss']),
+             default=None)
+
+
+def write_csv(rows: Sequence[dict], columns: Sequence[str], path: str) -> None:
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=columns, extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  outputs.write_atomic(path, text.getvalue())
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f
+                  if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+  return (f'{cpu_model()}, {os.cpu_count()} cores; JAX on '
+          f'{jax.local_device_count()} {jax.default_backend()} device(s); '
+          f'load average {os.getloadavg()[0]:.2f} at the end')
+
+
+def command_line() -> str:
+  """How this script was started, as a user would type it."""
+  module = sys.modules['__main__'].__spec__
+  start = ['python', '-m', module.name] if module else ['python', sys.argv[0]]
+  return shlex.join(start + sys.argv[1:])
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_changes(config, reference) -> str:
+  """`key=value` for each value of `config` that differs from `reference`."""
+  now, then = _flatten(config.to_dict()), _flatten(reference.to_dict())
+  return ', '.join(f'`{k}={v}`' for k, v in now.items() if then.get(k) != v)
+
+
+def header(preset, rows: Sequence[dict], seconds: float, trained: int,
+           reference) -> list:
+  """The report's lines on how its numbers were made: the command, the
+  preset and its training config (as changes of `reference`), the machine,
+  versions, the run time, and the cells that did not finish."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  unfinished = [r for r in rows if r['status'] != 'done']
+  return [
+      '    ' + command_line(), '',
+      f'- Preset `{preset.preset}` (configs/sweeps/); training config: '
+      f'configs/cifar.py with {config_changes(preset.train, reference)}',
+      f'- Machine: {machine()}',
+      f'- Versions: jax {jax.__version__}, flax {flax.__version__}, '
+      f'optax {optax.__version__}',
+      f'- Run time: {seconds / 60:.1f} min for this command ({trained} of '
+      f'{len(rows)} cells trained, the rest done before); '
+      f'{sum(r["wall_seconds"] for r in rows if math.isfinite(r["wall_seconds"])) / 60:.1f}'
+      " min summed over the cells' last training calls",
+      f'- Cells that did not finish (left out): {len(unfinished)}' + ''.join(
+          f'; `{r["workdir"]}` {r["status"]}'
+          + (f' ({r["error"]})' if r['error'] else '') for r in unfinished),
+  ]

@@ -1,0 +1,206 @@
+"""The angular update of each kernel group, and its equilibrium under decay.
+
+For a scale-invariant weight w (followed by a normalization: L(c w) = L(w)
+for c > 0) L2 does not change the function; it sets ‖w‖, and with it the
+angle Δθ = ∠(w_t, w_{t+1}) a step turns w by (van Laarhoven 2017; Wan et
+al., NeurIPS 2021; Kosson et al., ICML 2024). Write a step as
+
+  w_{t+1} = (1 − s_t) w_t − α'_t u_t,    u_t = Σ_k c_k g_{t−k},
+
+with s_t the step's shrink from the decay and u_t the optimizer's direction
+as a linear filter of past gradients (`momentum_filter`). With gradients
+orthogonal to w (scale invariance) and uncorrelated from step to step, the
+expected ‖w‖² stops changing when
+
+  sin² Δθ* = (2s − s²) C₀ / (C₀ + 2 (1 − s) C₁(s)),
+  C₀ = Σ_k c_k²,  C₁(s) = Σ_{k≥1} c_k Σ_{j=1..k} (1 − s)^{j−1} c_{k−j},
+
+(`equilibrium_angle`), the second term of the denominator being the
+outward push of momentum: the part of u_t from earlier gradients has turned
+radial. For heavy-ball momentum β (c_k = β^k) this is
+sin² Δθ* = (2s − s²)(1 − β + βs)/(1 + β − βs) ≈ 2s (1 − β)/(1 + β), and for
+β = 0 exactly cos Δθ* = 1 − s. The shrink a step, by `config.l2.mode`
+(λ the L2 weight, α_t = α η_t; `shrink_per_step`):
+
+* ``coupled``, ``loss``: λ w enters the gradient, so the filter carries it
+  too: s_t = α_t λ Σ_k c_k (SGD: α_t λ / (1 − β)); under Adam each
+  coordinate's share is divided by √v̂_i + ε, and s_t is the ‖w‖²-weighted
+  mean over the group (an approximation: the shrink is not uniform);
+* ``decoupled``: s_t = η_t λ (``l2.schedule=constant``: λ);
+* ``decoupled_lr``: s_t = α_t λ (constant: α λ);
+* ``none``, or a group outside L2's mask: s_t = 0, no equilibrium (nan).
+
+The equilibrium is reached after about 1/(2s) steps and follows a schedule
+only while s_t changes slowly on that scale.
+"""
+
+import dataclasses
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from l2jax import regularization
+
+
+def angular_update(old, new) -> jax.Array:
+  """∠(old, new) = arccos(⟨old, new⟩ / (‖old‖ ‖new‖)) over all the leaves
+  of two like pytrees, as 2 arcsin(‖new/‖new‖ − old/‖old‖‖ / 2), which
+  keeps its precision for small angles; nan when either norm is 0."""
+  old_leaves, new_leaves = jax.tree.leaves(old), jax.tree.leaves(new)
+  norm = lambda leaves: jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
+  old_norm, new_norm = norm(old_leaves), norm(new_leaves)
+  chord = norm([n / new_norm - o / old_norm
+                for o, n in zip(old_leaves, new_leaves)])
+  return 2 * jnp.arcsin(jnp.minimum(chord / 2, 1.0))
+
+
+def group_kernels(params) -> dict:
+  """{group: {path: kernel}}: each top-level module's kernels (`Conv_0`,
+  `ResidualBlock_4`, ...), the groups of `regularization.kernel_norms`,
+  keyed by their full paths (`ResidualBlock_4/Conv_0/kernel`)."""
+  groups = {}
+  for path, leaf in _with_paths(params).items():
+    if path.rsplit('/', 1)[-1] == 'kernel':
+      groups.setdefault(path.split('/', 1)[0], {})[path] = leaf
+  return groups
+
+
+class Filter(NamedTuple):
+  """The direction as a filter of gradients: c_k = a δ_k0 + b β^k."""
+  a: float
+  b: float
+  beta: float
+
+  def total(self) -> float:
+    """Σ_k c_k: how much of λ w a coupled decay's filter passes."""
+    return self.a + self.b / (1 - self.beta)
+
+
+def momentum_filter(config) -> Filter:
+  """`config`'s direction (optim.update_direction) as a `Filter`: SGD with
+  heavy-ball momentum μ (c_k = μ^k), Nesterov (u = g + μ b: c_0 = 1 + μ,
+  c_k = μ^{k+1}), plain SGD (c_0 = 1), Adam's first moment (c_k =
+  (1 − β₁) β₁^k, in units of √v̂)."""
+  if config.optimizer == 'adam':
+    return Filter(0.0, 1 - config.adam.b1, config.adam.b1)
+  mu = config.momentum
+  if not mu:
+    return Filter(1.0, 0.0, 0.0)
+  if config.nesterov:
+    return Filter(1.0, mu, mu)
+  return Filter(0.0, 1.0, mu)
+
+
+def equilibrium_angle(shrink, f: Filter):
+  """Δθ* for a shrink s a step (module docstring); nan where s ≤ 0."""
+  a, b, beta = f
+  q = 1 - shrink
+  c0 = a * a + 2 * a * b + b * b / (1 - beta * beta)
+  c1 = a * b * beta / (1 - beta * q) + b * b * beta / (
+      (1 - beta * q) * (1 - beta * beta))
+  sin2 = (2 * shrink - shrink * shrink) * c0 / (c0 + 2 * q * c1)
+  angle = jnp.arcsin(jnp.sqrt(jnp.clip(sin2, 0.0, 1.0)))
+  return jnp.where(shrink > 0, angle, jnp.nan)
+
+
+def _adam_nu(opt_state):
+  """(v, count) of the chain's optax.scale_by_adam."""
+  states = [s for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(s, optax.ScaleByAdamState)]
+  return states[0].nu, states[0].count
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Equilibrium:
+  """What a run's step measures of rotation (`measures`). Hashed by
+  identity, a static argument of the jitted step.
+
+  shrink: step -> the shrink s_t of a decayed weight (for Adam's coupled
+  decay, before the division by √v̂ + ε, which `per_coordinate` asks for).
+  """
+  filter: Filter
+  shrink: Callable[[jax.Array], jax.Array]
+  mask: optax.Params  # L2's mask.
+  per_coordinate: bool = False
+  eps: float = 1e-8
+  b2: float = 0.999
+
+  def group_shrink(self, step, params, opt_state) -> dict:
+    """{group: s_t}, the ‖w‖²-weighted mean of its kernels' shrinks."""
+    s = self.shrink(step)
+    scale = jax.tree.map(lambda m: s * m, self.mask)
+    if self.per_coordinate:
+      nu, count = _adam_nu(opt_state)
+      correction = 1 - self.b2 ** count.astype(jnp.float32)
+      scale = jax.tree.map(
+          lambda c, v: c / (jnp.sqrt(v / correction) + self.eps), scale, nu)
+    scale = _with_paths(scale)
+    result = {}
+    for group, kernels in group_kernels(params).items():
+      squares = {p: jnp.square(w) for p, w in kernels.items()}
+      result[group] = sum(jnp.sum(scale[p] * w2) for p, w2 in squares.items()
+                          ) / sum(jnp.sum(w2) for w2 in squares.values())
+    return result
+
+  def measures(self, step, old_params, new_params, opt_state) -> dict:
+    """Per kernel group: the step's Δθ (`angular_update/<group>`), the
+    shrink s_t (`shrink/<group>`) and Δθ*(s_t)
+    (`angular_update_equilibrium/<group>`)."""
+    old, new = group_kernels(old_params), group_kernels(new_params)
+    shrink = self.group_shrink(step, old_params, opt_state)
+    result = {}
+    for group in old:
+      result[f'angular_update/{group}'] = angular_update(old[group],
+                                                         new[group])
+      result[f'shrink/{group}'] = shrink[group]
+      result[f'angular_update_equilibrium/{group}'] = equilibrium_angle(
+          shrink[group], self.filter)
+    return result
+
+
+def _with_paths(tree) -> dict:
+  return {regularization.param_path(p): leaf for p, leaf in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def scale_invariant_groups(apply_fn, variables, x, axis_name: Optional[str],
+                           rtol: float = 1e-4) -> dict:
+  """{group: whether the training-mode logits on `x` stay the same when the
+  group's kernels are doubled}: a kernel followed by a normalization is
+  scale-invariant, one that reaches the output unnormalized is not.
+
+  `axis_name`: the models' batch-norm axis, bound here by a vmap of one.
+  """
+  def logits(params):
+    out, _ = jax.vmap(
+        lambda v: apply_fn({**variables, 'params': params}, v, train=True,
+                           mutable=['batch_stats'],
+                           rngs={'dropout': jax.random.key(0)}),
+        axis_name=axis_name)(x[None])
+    return np.asarray(out[0], np.float64)
+
+  params = variables['params']
+  base = logits(params)
+  result = {}
+  for group, kernels in group_kernels(params).items():
+    doubled = jax.tree_util.tree_map_with_path(
+        lambda p, w: 2 * w if regularization.param_path(p) in kernels else w,
+        params)
+    change = np.abs(logits(doubled) - base).max()
+    result[group] = bool(change <= rtol * (np.abs(base).max() + 1e-6))
+  return result
+
+
+def invariant_share(params, mask, invariant: dict) -> float:
+  """The share of the masked (decayed) parameters' elements that are kernels
+  of scale-invariant groups (`invariant`: {group: bool})."""
+  sizes = {p: np.size(w) for p, w in _with_paths(params).items()}
+  chosen = {p for p, m in _with_paths(mask).items() if m}
+  total = sum(sizes[p] for p in chosen)
+  inside = sum(sizes[p] for p in chosen if p.rsplit('/', 1)[-1] == 'kernel'
+               and invariant.get(p.split('/', 1)[0]))
+  return inside / total if total else float('nan')

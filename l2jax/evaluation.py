@@ -1,0 +1,111 @@
+"""Loss and accuracy on held-out splits, clean and under Gaussian noise."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from l2jax import augment
+from l2jax import data as data_lib
+from l2jax import devices
+
+NOISE_STREAM = 1  # Folded into the seed's key: the evaluation noise.
+
+
+def eval_sums(logits, labels, weights) -> dict:
+  """Sums of loss, correct predictions and examples over all devices."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = jnp.argmax(logits, -1) == labels
+  sums = {'loss': jnp.sum(loss * weights), 'correct': jnp.sum(correct * weights),
+          'count': jnp.sum(weights)}
+  return jax.lax.psum(sums, devices.AXIS)
+
+
+def eval_step(variables, images, labels, weights, *, apply_fn, mean, std):
+  """Sums of loss, correct predictions and examples over all devices.
+
+  `variables`: {'params', 'batch_stats'}, as `eval_variables` gives them.
+  """
+  logits = apply_fn(variables, augment.normalize(images, mean, std),
+                    train=False)
+  return eval_sums(logits, labels, weights)
+
+
+def noisy_eval_step(variables, images, labels, weights, sigma, first_index, *,
+                    apply_fn, mean, std, key):
+  """`eval_step` on clip(x / 255 + σ z, 0, 1): `augment.add_gaussian_noise`.
+
+  z is keyed by `key` and the example's index in the split (`first_index`
+  is the batch's), so it is the same in every evaluation, for every σ and
+  device count. sigma, first_index: scalars per device.
+  """
+  b = labels.shape[0]
+  index = first_index + jax.lax.axis_index(devices.AXIS) * b + jnp.arange(b)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+  x = augment.standardize(augment.add_gaussian_noise(keys, images, sigma),
+                          mean, std)
+  return eval_sums(apply_fn(variables, x, train=False), labels, weights)
+
+
+def eval_variables(state) -> dict:
+  """What evaluation applies the model to: parameters and batch statistics."""
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def evaluate(p_eval_step, variables, split, batch_size: int,
+             host: devices.Host = devices.Host(), sigma=None) -> dict:
+  """Loss and accuracy on `split`; with `sigma`, `p_eval_step` is a pmapped
+  `noisy_eval_step` and the images carry noise of that σ."""
+  sums = []
+  for number, batch in enumerate(
+      data_lib.eval_batches(split, batch_size, host)):
+    if sigma is not None:
+      n = host.local_devices
+      batch += (np.full(n, sigma, np.float32),
+                np.full(n, number * batch_size, np.int32))
+    sums.append(p_eval_step(variables, *batch))
+  sums = jax.tree_util.tree_map(lambda *x: np.sum(x), *[
+      devices.unreplicate_to_host(s) for s in sums])
+  return {'loss': float(sums['loss'] / sums['count']),
+          'accuracy': float(sums['correct'] / sums['count'])}
+
+
+class Evaluator:
+  """Validation, test and noisy-test evaluation of one run's model.
+
+  Builds the pmapped steps once; `__call__(state, splits)` returns
+  {'<split>_loss', '<split>_accuracy', 'test_accuracy_noise<σ>'} with the
+  same noise in every call.
+  """
+
+  def __init__(self, config, apply_fn, mean, std, host: devices.Host):
+    self.batch_size, self.sigmas, self.host = (
+        config.eval_batch_size, tuple(config.noise_sigmas), host)
+    self.clean = jax.pmap(
+        functools.partial(eval_step, apply_fn=apply_fn, mean=mean, std=std),
+        axis_name=devices.AXIS)
+    self.noisy = jax.pmap(
+        functools.partial(
+            noisy_eval_step, apply_fn=apply_fn, mean=mean, std=std,
+            key=jax.random.fold_in(jax.random.key(config.seed), NOISE_STREAM)),
+        axis_name=devices.AXIS)
+
+  def noise(self, variables, split) -> dict:
+    """{'test_accuracy_noise<σ>': accuracy} for each configured σ."""
+    return {f'test_accuracy_noise{sigma:g}': evaluate(
+        self.noisy, variables, split, self.batch_size, self.host,
+        sigma)['accuracy'] for sigma in self.sigmas}
+
+  def __call__(self, state, splits: dict) -> dict:
+    """`splits`: {'val': Split or None, 'test': Split}; noise on 'test'."""
+    variables = eval_variables(state)
+    result = {}
+    for name, split in splits.items():
+      if split is not None:
+        metrics = evaluate(self.clean, variables, split, self.batch_size,
+                           self.host)
+        result.update({f'{name}_{k}': v for k, v in metrics.items()})
+    result.update(self.noise(variables, splits['test']))
+    return result
