@@ -32,9 +32,11 @@ from absl import flags
 
 from benchmarks import cli
 from benchmarks import figures
+from benchmarks import selection
 from benchmarks import separability
 from benchmarks import slopes
 from benchmarks import sweep
+from configs import cifar
 from configs.sweeps import coupled_vs_decoupled as presets
 from l2jax import outputs
 from l2jax.errors import L2JaxError
@@ -60,15 +62,18 @@ def weight_of(k: int) -> float:
   return float(f'{10 ** (k / 2):.3g}')
 
 
-def cell(method: str, lr: float, weight: float, seed: int) -> sweep.Cell:
-  """One cell; λ = 0 is the optimizer's, named so both its methods share it."""
+def cell(method: str, lr: float, weight: float, seed: int,
+         overrides: dict = None, suffix: str = '') -> sweep.Cell:
+  """One cell; λ = 0 is the optimizer's, named so both its methods share it.
+  `overrides` (other config values) go with a `suffix` to its name."""
   optimizer, mode = presets.METHODS[method]
   folder = (f'{optimizer}/lr{lr:g}_lambda0_seed{seed}' if not weight else
             f'{method}/lr{lr:g}_lambda{weight:g}_seed{seed}')
   return sweep.Cell(
-      folder,
+      folder + suffix,
       {'optimizer': optimizer, 'l2.mode': mode if weight else 'none',
-       'l2.weight': weight, 'learning_rate': lr, 'seed': seed},
+       'l2.weight': weight, 'learning_rate': lr, 'seed': seed,
+       **(overrides or {})},
       dict(zip(LABELS, (method, optimizer, mode, lr, weight, seed))))
 
 
@@ -111,8 +116,10 @@ def widen(rows: list, preset) -> list:
 
 
 def row(out: str, c: sweep.Cell) -> dict:
-  return {**sweep.row(out, c, METRICS),
-          **separability.rotation_columns(sweep.workdir(out, c))}
+  """A cell's row: sweep's, and the rotation measures of a finished one."""
+  result = sweep.row(out, c, METRICS)
+  folder = sweep.workdir(out, c) if result['status'] == 'done' else ''
+  return {**result, **separability.rotation_columns(folder)}
 
 
 def train_grid(preset, out: str, executor: sweep.Executor,
@@ -146,11 +153,46 @@ def grown_cells(preset, out: str) -> list:
   return list(cells.values())
 
 
+def select(preset, method: str, folds: int, out: str,
+           executor: sweep.Executor, keep_checkpoints: bool) -> tuple:
+  """λ for `method` at the preset's `select_lr` (benchmarks.selection):
+  hold-out over seeds, k-fold when `folds` ≥ 2, then the chosen λ on the
+  whole training split. Returns (report text, cells trained)."""
+  lr = preset.select_lr[presets.METHODS[method][0]]
+  weights = sorted({c.labels['l2_weight'] for c in first_grid(preset)
+                    if c.labels['method'] == method and c.labels['lr'] == lr})
+  make = lambda w, s, overrides, suffix: cell(method, lr, w, s, overrides,
+                                              suffix)
+  kinds = selection.cells(make, weights, list(preset.seeds), folds)
+  trained = sweep.run([c for cs in kinds.values() for c in cs], preset.train,
+                      out, executor, keep_checkpoints)
+  rows = {k: [row(out, c) for c in cs] for k, cs in kinds.items()}
+  by = selection.spreads(rows.get('folds') or rows['holdout'])
+  final = selection.final_cell(make, selection.choose(by), preset.seeds[0])
+  trained += sweep.run([final], preset.train, out, executor, keep_checkpoints)
+  final_row = row(out, final)
+  every = [r for rs in rows.values() for r in rs] + [final_row]
+  sweep.write_csv(every, COLUMNS, os.path.join(out, f'select_{method}.csv'))
+  return selection.report(
+      method, lr, rows['holdout'], rows.get('folds', []), folds,
+      final_row if final_row['status'] == 'done' else None,
+      sweep.header(preset, every, 0.0, trained, cifar.get_config())), trained
+
+
 def main(argv):
   out = cli.start('coupled_vs_decoupled', argv)
   start = time.perf_counter()
   preset = cli.load_preset('coupled_vs_decoupled', FLAGS.preset)
   trained = 0
+  if FLAGS.select:
+    try:
+      text, _ = select(preset, FLAGS.select, FLAGS.folds, out, cli.executor(),
+                       FLAGS.keep_checkpoints)
+    except L2JaxError as e:
+      raise SystemExit(f'coupled_vs_decoupled: error: {e}') from e
+    outputs.write_atomic(os.path.join(out, f'select_{FLAGS.select}.md'), text)
+    print(text, end='')
+    return
   try:
     if FLAGS.report_only:
       cells = grown_cells(preset, out)
@@ -176,4 +218,10 @@ def main(argv):
 
 if __name__ == '__main__':
   cli.define_flags(presets.PRESETS)
+  flags.DEFINE_enum('select', None, list(presets.METHODS),
+                    "Choose λ for this method at the preset's select_lr "
+                    'instead of running the grid.')
+  flags.DEFINE_integer('folds', 1, 'With --select: 1 for a hold-out split '
+                       'over seeds, k ≥ 2 for k-fold cross-validation.',
+                       lower_bound=1)
   app.run(main)

@@ -49,7 +49,7 @@ def rotation_columns(workdir: str) -> dict:
   decayed kernel groups), and in the scale-invariant groups the last
   epoch's Δθ, Δθ* and their ratio, and the ratio at mid-training (medians
   over the groups); nan where there is nothing to measure."""
-  records = outputs.read_metrics(workdir)
+  records = outputs.read_metrics(workdir) if workdir else []
   empty = dict.fromkeys(('shrink_total', 'angle_last',
                          'angle_equilibrium_last', 'angle_ratio_last',
                          'angle_ratio_mid'), math.nan)

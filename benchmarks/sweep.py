@@ -55,7 +55,7 @@ PINS = ('none', 'cores', 'gpus')
 # Config keys that decide what `data.load` returns: cells equal in these
 # share one read of the data.
 DATA_KEYS = ('dataset', 'data_dir', 'manual_dir', 'validation_fraction',
-             'max_train_examples', 'seed')
+             'folds', 'fold', 'max_train_examples', 'seed')
 
 
 class Cell(NamedTuple):
@@ -311,13 +311,13 @@ def row(out: str, cell: Cell, metrics: Sequence[str]) -> dict:
   summary = read_json(folder, outputs.SUMMARY)
   record = read_json(folder, CELL) or {}
   final = summary['final'] if summary else {}
-  epochs = outputs.read_metrics(folder)
+  epochs = outputs.read_metrics(folder) if summary else []
   status = 'done' if summary else record.get('status', 'not run')
   return {
       **cell.labels, 'status': status,
       **{k: final.get(k, math.nan) if final.get(k) is not None else math.nan
          for k in metrics},
-      'epochs': len(epochs) if summary else 0,
+      'epochs': len(epochs),
       'wall_seconds': record.get('wall_seconds', math.nan),
       # l2jax's per-epoch training time (epoch 1 includes compilation).
       'train_seconds': sum(r['epoch_seconds'] for r in epochs),

@@ -21,6 +21,10 @@ def get_config():
   config.data_dir = ''  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets).
   config.manual_dir = ''  # Prepare the TFDS data set from these local files.
   config.validation_fraction = 0.1
+  # k-fold cross-validation: with folds ≥ 2, fold `fold` of `folds` disjoint
+  # folds of the training split validates, instead of validation_fraction.
+  config.folds = 0
+  config.fold = 0
   config.max_train_examples = 0  # 0 = all.
   config.augment = True  # Random crop after 4-pixel padding, horizontal flip.
 

@@ -93,6 +93,11 @@ def validate(config, num_devices: int) -> None:
            'put every boundary after it')
   _number(config, 'step_decay', low=0)
   _number(config, 'validation_fraction', low=0, high=1, high_open=True)
+  _number(config, 'folds', low=0, integer=True)
+  _require(config.folds != 1,
+           'config.folds=1 is one fold; use 0 (a hold-out of '
+           'config.validation_fraction) or 2 or more folds')
+  _number(config, 'fold', low=0, high=max(config.folds - 1, 0), integer=True)
   _number(config, 'max_train_examples', low=0, integer=True)
   _number(config, 'seed', low=0, integer=True)
   _number(config, 'checkpoints_to_keep', low=1, integer=True)

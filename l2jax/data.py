@@ -59,11 +59,27 @@ def load(config) -> Dataset:
   else:
     train, test, num_classes = _load_tfds(
         config.dataset, config.data_dir or None, config.manual_dir or None)
-  train, validation = split_validation(
-      train, config.validation_fraction, config.seed)
+  if config.folds >= 2:
+    train, validation = split_fold(train, config.folds, config.fold)
+  else:
+    train, validation = split_validation(
+        train, config.validation_fraction, config.seed)
   if config.max_train_examples:
     train = train.take(slice(0, config.max_train_examples))
   return Dataset(train, validation, test, num_classes)
+
+
+FOLD_SEED = 0  # The folds are the same for every config.seed.
+
+
+def split_fold(train: Split, folds: int, fold: int):
+  """(the other folds, fold `fold`) of `folds` disjoint folds of `train`
+  that together cover it, by a fixed shuffle; folds differ in size by at
+  most one example."""
+  order = np.random.default_rng(FOLD_SEED).permutation(len(train))
+  held = np.zeros(len(train), bool)
+  held[np.array_split(order, folds)[fold]] = True
+  return train.take(np.flatnonzero(~held)), train.take(np.flatnonzero(held))
 
 
 def split_validation(train: Split, fraction: float, seed: int):

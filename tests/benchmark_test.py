@@ -1,127 +1,200 @@
-"""benchmarks/coupled_vs_decoupled.py: the smoke sweep end to end, and its
-analysis (best cell by validation, separability slope, λ over seeds)."""
+"""benchmarks/coupled_vs_decoupled.py through the sweep runner: both smoke
+presets end to end, the local executor against the inline one, a killed
+sweep resumed, a failing cell recorded, and the widening of rows."""
 
+import json
 import math
+import os
+import pathlib
+import signal
+import subprocess
 import sys
 
-import numpy as np
 import pytest
 
+from benchmarks import coupled_vs_decoupled as cvd
+from benchmarks import selection
+from benchmarks import sweep
+from configs.sweeps import coupled_vs_decoupled as presets
+from helpers import cpu_env
 from helpers import read_csv
 from helpers import REPO
 from helpers import run_benchmark
 
-sys.path.insert(0, str(REPO / 'benchmarks'))
-import coupled_vs_decoupled as cvd  # pylint: disable=g-import-not-at-top
+TIMING = ('wall_seconds', 'train_seconds', 'images_per_second')
+OUTPUTS = ('results.csv', 'analysis.json', 'report.md', 'heatmaps.png',
+           'collapse.png', 'angles.png')
 
 
-def test_smoke_preset_writes_every_output_then_select_reuses_done_cells(
-    cifar_small, tmp_path):
-  common = ['--preset=smoke', f'--out={tmp_path}',
-            f'--data=folder:{cifar_small}']
-  result = run_benchmark('coupled_vs_decoupled.py', *common)
+def untimed(rows):
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def args(out, data, preset):
+  return [f'--preset={preset}', f'--out={out}', f'--data=folder:{data}']
+
+
+@pytest.fixture(scope='module')
+def smoke_bn(cifar_small, tmp_path_factory):
+  """The batch-norm smoke sweep, inline and through submitit's local
+  executor, two jobs at once."""
+  runs = {}
+  for executor in ('inline', 'local'):
+    out = tmp_path_factory.mktemp(executor)
+    extra = ['--executor=local', '--parallel=2'] if executor == 'local' else []
+    runs[executor] = (out, run_benchmark(
+        'coupled_vs_decoupled', *args(out, cifar_small, 'smoke_bn'), *extra))
+  return runs
+
+
+def test_smoke_bn_writes_every_output_with_the_rotation_measures(smoke_bn):
+  out, result = smoke_bn['inline']
   assert result.returncode == 0, result.stderr[-3000:]
-
-  cells = cvd.grid_cells(cvd.PRESETS['smoke'], seed=0)
-  rows = read_csv(tmp_path / 'results.csv')
+  for name in OUTPUTS:
+    assert (out / name).exists(), name
+  rows = read_csv(out / 'results.csv')
   assert list(rows[0]) == list(cvd.COLUMNS)
-  assert sorted((r['method'], float(r['lr']), float(r['l2_weight']),
-                 int(r['seed'])) for r in rows) == sorted(cells)
+  preset = presets.get_config('smoke_bn')
+  assert {(r['method'], float(r['lr']), float(r['l2_weight']))
+          for r in rows} == {(c.labels['method'], c.labels['lr'],
+                              c.labels['l2_weight'])
+                             for c in cvd.first_grid(preset)}
   for row in rows:
-    assert cvd.METHODS[row['method']][:2] == (row['optimizer'], row['mode'])
-    assert row['diverged'] == 'False'
-    assert int(row['epochs']) == cvd.PRESETS['smoke']['config']['num_epochs']
-    for key in ('train_accuracy', 'val_accuracy', 'test_accuracy'):
-      assert 0 <= float(row[key]) <= 1, (key, row)
-    for key in ('train_loss', 'val_loss', 'test_loss', 'weight_norm',
-                'wall_seconds', 'train_seconds', 'images_per_second'):
-      assert math.isfinite(float(row[key])) and float(row[key]) > 0, (key, row)
-    workdir = tmp_path / row['workdir']
-    assert (workdir / 'summary.json').exists()
-    assert not (workdir / 'checkpoints').exists()  # Dropped once done.
-  assert (tmp_path / 'heatmaps.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  report = (tmp_path / 'report.md').read_text()
-  for method in cvd.METHODS:
-    assert f'\n| {method} |' in report
-  for fragment in ('--preset=smoke', 'Machine:', 'jax ', 'flax ', 'optax ',
-                   'Run time:', '## Separability', 'seed_cnn_narrow'):
+    assert row['status'] == 'done', row
+    assert float(row['scale_invariant_share']) > 0.9  # allconv_bn.
+    decayed = float(row['l2_weight']) > 0
+    assert (float(row['shrink_total']) > 0) == decayed
+    assert math.isfinite(float(row['angle_last']))
+    assert math.isfinite(float(row['angle_equilibrium_last'])) == decayed
+  # λ = 0 is one cell per optimizer, shared by its two methods' rows.
+  zero = [r['workdir'] for r in rows if float(r['l2_weight']) == 0]
+  assert len(zero) == 2 * len(set(zero))
+  report = (out / 'report.md').read_text()
+  for fragment in ('smoke preset', '## Separability', '## Gain',
+                   '## The mechanism', 'Scale-invariant share', 'Machine:',
+                   '--preset=smoke_bn'):
     assert fragment in report, fragment
-  assert result.stdout.startswith('[1/')  # One line a cell trained.
+  analysis = json.loads((out / 'analysis.json').read_text())
+  assert set(preset.methods) <= set(analysis)
 
-  # Selection over seeds {0, 1} at a grid lr: the seed-0 cells are the grid's.
-  select = run_benchmark('coupled_vs_decoupled.py', *common, '--select=sgdw')
+
+def test_the_local_executor_gives_the_inline_results(smoke_bn):
+  (inline, _), (local, result) = smoke_bn['inline'], smoke_bn['local']
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert untimed(read_csv(local / 'results.csv')) == untimed(
+      read_csv(inline / 'results.csv'))
+  assert (local / 'submitit').is_dir()  # submitit's job records.
+
+
+def test_a_killed_sweep_finishes_only_what_was_left_and_a_failed_cell_is_kept(
+    cifar_small, tmp_path):
+  """The no-BN smoke sweep, killed once its first cells are done; one cell
+  made to fail (a workdir with results but no checkpoint). The rerun
+  trains only the rest, records the failure, and reports it."""
+  out = tmp_path / 'sweep'
+  broken = pathlib.Path(sweep.workdir(str(out), cvd.first_grid(
+      presets.get_config('smoke'))[-1]))
+  broken.mkdir(parents=True)
+  (broken / 'metrics.jsonl').write_text('{"epoch": 1}\n')
+  command = [sys.executable, '-m', 'benchmarks.coupled_vs_decoupled',
+             *args(out, cifar_small, 'smoke')]
+  process = subprocess.Popen(command, cwd=REPO, env=cpu_env(),
+                             stdout=subprocess.PIPE, text=True)
+  total = None
+  for line in process.stdout:
+    total = total or int(line.split(' of ')[1].split()[0])
+    if line.startswith('[2/'):
+      process.send_signal(signal.SIGINT)  # Ctrl-C.
+      break
+  process.wait(timeout=120)
+  assert process.returncode != 0
+  done = sum(1 for p in (out / 'cells').glob('*/*/summary.json'))
+  assert 2 <= done < total
+
+  rerun = run_benchmark('coupled_vs_decoupled', *args(out, cifar_small,
+                                                      'smoke'))
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f'{total - done} of {total} cells to train' in rerun.stdout
+  rows = read_csv(out / 'results.csv')
+  failed = [r for r in rows if r['status'] == 'failed']
+  assert [r['workdir'] for r in failed] == [os.path.relpath(broken, out)]
+  assert 'holds results but there is no checkpoint' in failed[0]['error']
+  assert 'failed' in (out / 'report.md').read_text()
+  assert all(r['status'] == 'done' for r in rows if r not in failed)
+
+  # λ by 2-fold cross-validation at the select lr: the hold-out cells are
+  # the grid's, so only the fold runs, the failed cell (again) and the
+  # final run train.
+  select = run_benchmark('coupled_vs_decoupled', *args(out, cifar_small,
+                                                       'smoke'),
+                         '--select=sgdw', '--folds=2')
   assert select.returncode == 0, select.stderr[-3000:]
-  weights = cvd.PRESETS['smoke']['l2']['sgdw']
-  seeds = cvd.PRESETS['smoke']['select']['seeds']
-  assert f'{len(weights)} of {len(weights) * len(seeds)} cells trained' in (
-      select.stdout)
-  selected = read_csv(tmp_path / 'select_sgdw.csv')
-  assert sorted((float(r['l2_weight']), int(r['seed'])) for r in selected) == (
-      sorted((w, s) for w in weights for s in seeds))
-  assert 'Chosen λ = ' in (tmp_path / 'select_sgdw.md').read_text()
-  assert read_csv(tmp_path / 'results.csv') == rows  # The grid's untouched.
+  assert '5 of 6 cells to train' in select.stdout  # 2 λ × 2 folds + 1.
+  text = (out / 'select_sgdw.md').read_text()
+  assert 'over 2 folds' in text and 'Chosen λ = ' in text
+  assert 'test accuracy' in text
 
 
-def grid(best_l2, learning_rates, weights):
-  """Rows whose validation accuracy peaks, in log λ, at best_l2(lr)."""
-  return [{'lr': lr, 'l2_weight': w, 'val_loss': 1.0,
-           'val_accuracy': 0.5 - abs(math.log(w / best_l2(lr))) if w else 0.0}
-          for lr in learning_rates for w in weights]
+def rows_for(method, lr, accuracy_by_weight, shrink=1000.0):
+  return [{'method': method, 'lr': lr, 'l2_weight': w, 'seed': s,
+           'val_accuracy': a, 'shrink_total': shrink * w}
+          for w, a in accuracy_by_weight.items() for s in (0, 1)]
 
 
-LEARNING_RATES = (0.0125, 0.025, 0.05, 0.1)
+def test_widening_adds_a_step_beyond_an_edge_and_stops_where_decay_fades():
+  preset = presets.get_config('cpu_bn')
+  preset.seeds = (0, 1)
+  interior = rows_for('sgd', 0.01, {1e-3: 0.5, 3.16e-3: 0.6, 1e-2: 0.5})
+  high = rows_for('sgdw', 0.01, {1e-3: 0.5, 3.16e-3: 0.55, 1e-2: 0.6})
+  low = rows_for('adamw', 1e-3, {1e-3: 0.6, 3.16e-3: 0.55, 1e-2: 0.5})
+  # Σ s_t = 0.1 at its lowest λ: a step lower would be below 0.05.
+  faded = rows_for('adam', 1e-3, {1e-3: 0.6, 3.16e-3: 0.5}, shrink=100.0)
+  new = cvd.widen(interior + high + low + faded, preset)
+  assert sorted((c.labels['method'], c.labels['l2_weight'], c.labels['seed'])
+                for c in new) == [('adamw', 3.16e-4, 0), ('adamw', 3.16e-4, 1),
+                                  ('sgdw', 3.16e-2, 0), ('sgdw', 3.16e-2, 1)]
 
 
-@pytest.mark.parametrize('best_l2, slope', [
-    (lambda lr: 2.5e-5 / lr, -1.0),   # Coupled: the decay a step is α λ.
-    (lambda lr: 1e-4, 0.0),           # Decoupled: λ alone.
-    (lambda lr: 1e-3 * lr**0.5, 0.5),
-])
-def test_separability_slope_of_grids_with_a_known_answer(best_l2, slope):
-  weights = sorted({0.0, 1e-7, 1e-1} | {best_l2(lr) for lr in LEARNING_RATES})
-  rows = grid(best_l2, LEARNING_RATES, weights)
-  best_by_lr = cvd.best_l2_by_lr(rows)
-  assert best_by_lr == pytest.approx({lr: best_l2(lr) for lr in LEARNING_RATES})
-  assert cvd.separability_slope(best_by_lr) == pytest.approx(slope, abs=1e-9)
+def test_first_grid_centres_each_row_on_the_guess():
+  preset = presets.get_config('cpu_bn')
+  cells = cvd.first_grid(preset)
+  weights = {}
+  for c in cells:
+    if c.labels['l2_weight'] and c.labels['seed'] == 0:
+      weights.setdefault((c.labels['method'], c.labels['lr']), []).append(
+          c.labels['l2_weight'])
+  for method in preset.methods:
+    lrs = preset.lr[presets.METHODS[method][0]]
+    start, guess = preset.l2[method]
+    for lr in lrs:
+      row = sorted(weights[method, lr])
+      assert len(row) == preset.points
+      centre = row[len(row) // 2]
+      want = start * (lr / lrs[0]) ** guess
+      assert abs(math.log10(centre / want)) <= 0.25 + 1e-9  # ½ a ×√10 step.
+      ratios = [b / a for a, b in zip(row, row[1:])]
+      assert all(abs(r - math.sqrt(10)) < 0.02 for r in ratios)
 
 
-def test_separability_slope_fits_only_rows_whose_best_l2_is_positive():
-  # log λ = −log lr + c on the rows with λ > 0; the λ = 0 row is left out.
-  best_by_lr = {0.01: 1e-2, 0.1: 1e-3, 1.0: 0.0}
-  assert cvd.separability_slope(best_by_lr) == pytest.approx(-1.0)
-  # Least squares through log10 λ = −3, −3, −1 at log10 lr = −2, −1, 0:
-  expected = np.polyfit([-2, -1, 0], [-3, -3, -1], 1)[0]
-  assert cvd.separability_slope({0.01: 1e-3, 0.1: 1e-3, 1.0: 1e-1}) == (
-      pytest.approx(expected))
-  assert cvd.separability_slope({0.01: 1e-3, 0.1: 0.0}) is None
-
-
-def test_best_cell_is_chosen_by_validation_accuracy_then_loss_not_test():
-  rows = [
-      {'lr': 0.1, 'l2_weight': 0.0, 'val_accuracy': 0.6, 'val_loss': 1.0,
-       'test_accuracy': 0.9},
-      {'lr': 0.1, 'l2_weight': 1e-3, 'val_accuracy': 0.7, 'val_loss': 1.2,
-       'test_accuracy': 0.5},
-      {'lr': 0.2, 'l2_weight': 1e-3, 'val_accuracy': 0.7, 'val_loss': 1.1,
-       'test_accuracy': 0.4},
-      {'lr': 0.2, 'l2_weight': 1e-2, 'val_accuracy': math.nan,  # Diverged.
-       'val_loss': math.nan, 'test_accuracy': math.nan},
-  ]
-  assert cvd.best(rows) is rows[2]
-  assert cvd.best(rows[3:]) is None
-  summary = cvd.method_summary(rows)
-  assert summary['zero_same_lr'] is None  # No λ = 0 cell at lr 0.2.
-  assert summary['zero_best'] is rows[0]
-
-
-def test_select_l2_averages_validation_over_seeds():
-  # Seed 0 alone would pick λ = 1e-3; the mean over seeds picks 1e-2.
-  val = {(0.0, 0): 0.50, (0.0, 1): 0.50, (1e-3, 0): 0.60, (1e-3, 1): 0.40,
-         (1e-2, 0): 0.55, (1e-2, 1): 0.55}
-  rows = [{'l2_weight': w, 'seed': s, 'val_accuracy': v,
-           'test_accuracy': v + 0.01 * s} for (w, s), v in val.items()]
-  chosen, stats = cvd.select_l2(rows)
-  assert chosen == 1e-2
-  mean, std = stats[1e-2]['test_accuracy']
-  assert mean == pytest.approx(0.555)
-  assert std == pytest.approx(np.std([0.55, 0.56], ddof=1))
+def test_selection_by_folds_and_by_seeds():
+  """k-fold picks by the mean over folds; one fold (folds=1) is the hold-out
+  rule of the mean over seeds. A λ with an unfinished cell is never chosen."""
+  holdout = [{'l2_weight': w, 'seed': s, 'val_accuracy': a,
+              'test_accuracy': 0.5}
+             for w, accs in ((0.0, (0.50, 0.52)), (1e-3, (0.55, 0.53)),
+                             (1e-2, (0.60, math.nan)))
+             for s, a in enumerate(accs)]
+  by_seed = selection.spreads(holdout)
+  assert selection.choose(by_seed) == 1e-3
+  assert by_seed[1e-3] == pytest.approx((0.54, math.sqrt(2e-4)))
+  folds = [{'l2_weight': w, 'seed': 0, 'val_accuracy': a}
+           for w, accs in ((0.0, (0.6, 0.7, 0.65)), (1e-3, (0.5, 0.5, 0.5)))
+           for a in accs]
+  assert selection.choose(selection.spreads(folds)) == 0.0
+  made = selection.cells(lambda w, s, o, x: (w, s, tuple(o.items()), x),
+                         (0.0, 1e-3), (0, 1), folds=3)
+  assert made['holdout'] == [(0.0, 0, (), ''), (0.0, 1, (), ''),
+                             (1e-3, 0, (), ''), (1e-3, 1, (), '')]
+  assert made['folds'][:3] == [
+      (0.0, 0, (('folds', 3), ('fold', i)), f'_fold{i}of3') for i in range(3)]
+  assert 'folds' not in selection.cells(lambda *a: a, (0.0,), (0,), folds=1)

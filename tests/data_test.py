@@ -95,7 +95,7 @@ def test_crop_and_flip_is_a_shifted_window_of_the_padded_image():
 def folder_config(path):
   return ml_collections.ConfigDict(dict(
       dataset=f'folder:{path}', data_dir='', manual_dir='',
-      validation_fraction=0.0, max_train_examples=0, seed=0))
+      validation_fraction=0.0, folds=0, fold=0, max_train_examples=0, seed=0))
 
 
 def test_folder_dataset_reads_pixels_and_labels(tmp_path):
@@ -135,3 +135,16 @@ def test_unknown_tfds_name_is_a_config_error(tmp_path):
   config.dataset = 'cifar11'
   with pytest.raises(ConfigError, match='not a TFDS data set name'):
     data.load(config)
+
+
+def test_folds_are_disjoint_cover_the_training_split_and_are_fixed():
+  split = make_split(103)
+  validation = [data.split_fold(split, 4, i)[1] for i in range(4)]
+  labels = np.concatenate([v.labels for v in validation])
+  assert sorted(labels) == list(range(103))  # Disjoint, and all of it.
+  assert {len(v) for v in validation} == {25, 26}
+  for i, held in enumerate(validation):
+    rest, again = data.split_fold(split, 4, i)
+    np.testing.assert_array_equal(again.labels, held.labels)
+    assert not set(rest.labels) & set(held.labels)
+    assert len(rest) + len(held) == 103
