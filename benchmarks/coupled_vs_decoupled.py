@@ -208,7 +208,7 @@ def main(argv):
                        separability.to_json(analysis))
   figures.heatmaps(rows, analysis, preset, os.path.join(out, 'heatmaps.png'))
   figures.collapse(rows, preset, os.path.join(out, 'collapse.png'))
-  figures.angles(rows, preset, os.path.join(out, 'angles.png'))
+  figures.angles(rows, preset, os.path.join(out, 'angles.png'), out)
   report = separability.report(rows, analysis, preset,
                                time.perf_counter() - start, trained)
   outputs.write_atomic(os.path.join(out, 'report.md'), report)

@@ -1,6 +1,7 @@
 """The figures of a coupled-vs-decoupled grid, from its rows."""
 
 import math
+import os
 
 import matplotlib
 
@@ -9,6 +10,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import numpy as np
 
+from benchmarks import separability
 from configs.sweeps import coupled_vs_decoupled as presets
 from l2jax import outputs
 
@@ -123,16 +125,17 @@ def collapse(rows: list, preset, path: str) -> None:
   outputs.save_figure(fig, path)
 
 
-def angles(rows: list, preset, path: str) -> None:
-  """The last epoch's measured Δθ against the predicted Δθ*, one point per
-  cell (scale-invariant groups, median), coloured by Σ_t s_t."""
-  fig, ax = plt.subplots(figsize=(6, 5))
-  points = [(r['angle_equilibrium_last'], r['angle_last'], r['shrink_total'],
-             r['method']) for r in rows
-            if math.isfinite(r['angle_last'])
+def angles(rows: list, preset, path: str, out: str) -> None:
+  """Left: the last epoch's measured Δθ against the predicted Δθ*, one
+  point per cell (scale-invariant groups, median), coloured by Σ_t s_t.
+  Right: Δθ/Δθ* over training, median and 10–90% band over the cells with
+  Σ_t s_t ≥ 5 (their metrics.jsonl under `out`)."""
+  fig, (ax, over) = plt.subplots(1, 2, figsize=(12, 5))
+  points = [(r['angle_equilibrium_last'], r['angle_last'], r['shrink_total'])
+            for r in rows if math.isfinite(r['angle_last'])
             and math.isfinite(r['angle_equilibrium_last'])]
   if points:
-    x, y, shrink, _ = zip(*points)
+    x, y, shrink = zip(*points)
     scatter = ax.scatter(x, y, c=np.log10(np.maximum(shrink, 1e-3)),
                          cmap='viridis', s=14)
     fig.colorbar(scatter, ax=ax, label='log₁₀ Σ_t s_t')
@@ -147,7 +150,21 @@ def angles(rows: list, preset, path: str) -> None:
             transform=ax.transAxes)
   ax.set(xlabel='predicted equilibrium Δθ* (rad/step), last epoch',
          ylabel='measured Δθ (rad/step), last epoch',
-         title='Angular update of scale-invariant kernels'
-         + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))
+         title='Angular update of scale-invariant kernels')
+  ratios = [separability.angle_ratios(outputs.read_metrics(
+      os.path.join(out, r['workdir']))) for r in rows
+            if r['status'] == 'done' and r['shrink_total'] >= 5]
+  ratios = np.array([r for r in ratios if r and len(r) == len(ratios[0])])
+  if ratios.size:
+    epochs = np.arange(1, ratios.shape[1] + 1)
+    low, mid, high = np.nanpercentile(ratios, [10, 50, 90], axis=0)
+    over.fill_between(epochs, low, high, alpha=0.3, label='10–90%')
+    over.plot(epochs, mid, 'o-' if len(epochs) < 40 else '-', label='median')
+    over.axhspan(0.8, 1.2, color='grey', alpha=0.15, label='±20%')
+    over.legend(fontsize=8)
+  over.set(xlabel='epoch', ylabel='Δθ / Δθ*', ylim=(0, 1.6),
+           title=f'Over training, {len(ratios)} cells with Σ_t s_t ≥ 5')
+  fig.suptitle('Rotational equilibrium'
+               + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))
   fig.tight_layout()
   outputs.save_figure(fig, path)

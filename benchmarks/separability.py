@@ -44,30 +44,37 @@ def _median(values) -> float:
   return float(np.median(values)) if values else math.nan
 
 
+def _invariant_groups(record: dict) -> list:
+  return [k.split('/', 1)[1] for k, v in record.items()
+          if k.startswith('scale_invariant/') and v]
+
+
+def angle_ratios(records: list) -> list:
+  """Per epoch, the median over the scale-invariant groups of the measured
+  Δθ over the equilibrium Δθ* (nan where undefined)."""
+  groups = _invariant_groups(records[-1]) if records else []
+  return [_median([_div(r.get(f'angular_update/{g}'),
+                        r.get(f'angular_update_equilibrium/{g}'))
+                   for g in groups]) for r in records]
+
+
 def rotation_columns(workdir: str) -> dict:
   """From a cell's metrics.jsonl: the total shrink Σ_t s_t (median over the
   decayed kernel groups), and in the scale-invariant groups the last
   epoch's Δθ, Δθ* and their ratio, and the ratio at mid-training (medians
   over the groups); nan where there is nothing to measure."""
   records = outputs.read_metrics(workdir) if workdir else []
-  empty = dict.fromkeys(('shrink_total', 'angle_last',
-                         'angle_equilibrium_last', 'angle_ratio_last',
-                         'angle_ratio_mid'), math.nan)
   if not records:
-    return empty
-  groups = [k.split('/', 1)[1] for k in records[-1]
-            if k.startswith('shrink/')]
+    return dict.fromkeys(('shrink_total', 'angle_last',
+                          'angle_equilibrium_last', 'angle_ratio_last',
+                          'angle_ratio_mid'), math.nan)
+  last = records[-1]
+  groups = [k.split('/', 1)[1] for k in last if k.startswith('shrink/')]
   steps = np.diff([0] + [r['step'] for r in records])
   totals = [sum((r.get(f'shrink/{g}') or 0.0) * n
                 for r, n in zip(records, steps)) for g in groups]
-  invariant = [g for g in groups if records[-1].get(f'scale_invariant/{g}')]
-
-  def ratio(record):
-    return _median([_div(record.get(f'angular_update/{g}'),
-                         record.get(f'angular_update_equilibrium/{g}'))
-                    for g in invariant])
-
-  last = records[-1]
+  invariant = _invariant_groups(last)
+  ratios = angle_ratios(records)
   return {
       'shrink_total': _median([t for t in totals if t > 0]) if any(totals)
                       else 0.0,
@@ -75,8 +82,8 @@ def rotation_columns(workdir: str) -> dict:
                              for g in invariant]),
       'angle_equilibrium_last': _median(
           [last.get(f'angular_update_equilibrium/{g}') for g in invariant]),
-      'angle_ratio_last': ratio(last),
-      'angle_ratio_mid': ratio(records[(len(records) - 1) // 2]),
+      'angle_ratio_last': ratios[-1],
+      'angle_ratio_mid': ratios[(len(records) - 1) // 2],
   }
 
 
