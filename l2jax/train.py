@@ -4,7 +4,6 @@ devices."""
 import dataclasses
 import functools
 import os
-import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -14,7 +13,6 @@ from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import optax
-from tqdm import tqdm
 
 from l2jax import augment
 from l2jax import checkpoints
@@ -27,6 +25,7 @@ from l2jax import models
 from l2jax import optim
 from l2jax import outputs
 from l2jax import pretrained
+from l2jax import progress
 from l2jax import records
 from l2jax import regularization
 from l2jax.errors import ConfigError, L2JaxError
@@ -196,10 +195,9 @@ def train_epoch(run: Run, p_train_step, state, rng, epoch: int, step: int,
   batches = data_lib.train_batches(
       run.dataset.train, config.batch_size, config.seed, epoch,
       start=step - (end - run.steps_per_epoch), host=run.host)
-  for images, labels in tqdm(jax_utils.prefetch_to_device(batches, 2),
-                             total=end - step, leave=False,
-                             desc=f'epoch {epoch}/{config.num_epochs}',
-                             disable=not sys.stderr.isatty()):
+  for images, labels in progress.bar(
+      jax_utils.prefetch_to_device(batches, 2), total=end - step,
+      desc=f'epoch {epoch}/{config.num_epochs}', unit='steps'):
     state, step_metrics = p_train_step(state, images, labels, rng)
     metrics.add(step_metrics)
     step += 1
@@ -270,8 +268,9 @@ def _train(run: Run, model, state, train_rng) -> dict:
   writer = outputs.MetricsWriter(run.workdir, step // run.steps_per_epoch,
                                  write=run.host.index == 0)
   mean, std = run.dataset.channel_stats()
-  p_train_step = pmap_train_step(config, run.penalties, mean, std,
-                                 run.steps_per_epoch)
+  p_train_step = progress.first_call_timed(
+      pmap_train_step(config, run.penalties, mean, std, run.steps_per_epoch),
+      'the training step')
   evaluate = evaluation.Evaluator(config, model.apply, mean, std, run.host)
   state, rng = devices.replicate(state), jax_utils.replicate(train_rng)
   metrics, last_checkpoint = records.StepMetrics(restored), step
