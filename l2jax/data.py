@@ -12,10 +12,12 @@ import re
 import socket
 from typing import Iterator, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
 from l2jax import devices
+from l2jax import logs
 from l2jax.errors import ConfigError, DataError
 
 FOLDER_PREFIX = 'folder:'
@@ -54,6 +56,7 @@ class Dataset:
 
 def load(config) -> Dataset:
   """Reads train and test once, then holds out validation and subsets."""
+  logging.info('reading %s…', config.dataset)
   if config.dataset.startswith(FOLDER_PREFIX):
     train, test, num_classes = _load_folder(config.dataset[len(FOLDER_PREFIX):])
   else:
@@ -89,6 +92,7 @@ def _read_split(builder, split: str) -> Split:
 def _load_folder(path: str):
   root = os.path.abspath(os.path.expanduser(path))
   _check_folder_layout(root)
+  logs.import_tensorflow()  # Before TFDS does, which ImageFolder does.
   builder = tfds.folder_dataset.ImageFolder(root)
   splits = []
   for split in ('train', 'test'):
@@ -206,6 +210,7 @@ def _load_tfds(name: str, data_dir, manual_dir):
     raise ConfigError(
         f'config.dataset={name!r} is not a TFDS data set name nor '
         f'{FOLDER_PREFIX}PATH; try cifar10, cifar100, mnist, fashion_mnist') from e
+  logs.import_tensorflow()  # Before TFDS does, to prepare or read.
   if not builder.is_prepared():
     if manual_dir:
       _builder_trusting_manual_dir(type(builder), data_dir, manual_dir) \

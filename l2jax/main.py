@@ -10,7 +10,6 @@ JAX_COORDINATOR_ADDRESS in the environment), or with `--distributed` where
 JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU).
 """
 
-import logging as std_logging
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from l2jax import configuration
 from l2jax import cpu
+from l2jax import logs
 from l2jax import train
 from l2jax.errors import ConfigError, L2JaxError
 
@@ -39,6 +39,9 @@ flags.DEFINE_integer('process_id', None, "This process's index, 0 to N-1.")
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() even without the '
                   'flags above, letting JAX detect the cluster.')
+flags.DEFINE_bool('log_all', False,
+                  "Log every library's lines (TensorFlow's C++ log, TFDS, "
+                  "orbax, clu), not only l2jax's and errors.")
 
 
 def initialize_distributed() -> None:
@@ -59,12 +62,6 @@ def initialize_distributed() -> None:
   logging.info('process %d of %d; %d of %d devices here',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-
-
-def _only_l2jax_info(record) -> bool:
-  """Keeps INFO lines from l2jax; orbax and TFDS print many of their own."""
-  return record.levelno >= std_logging.WARNING or (
-      f'{os.sep}l2jax{os.sep}' in record.pathname)
 
 
 def _fail(message: str):
@@ -122,8 +119,7 @@ def make_workdir(path: str) -> None:
 
 def main(argv):
   del argv  # parse_flags has refused any.
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_only_l2jax_info)
+  logs.configure(FLAGS.log_all)
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   cpu.configure()  # Before JAX runs anything.

@@ -16,6 +16,7 @@ import pytest
 from helpers import assert_clean_error
 from helpers import final_params
 from helpers import final_state
+from helpers import foreign_lines
 from helpers import read_jsonl
 from helpers import run_cli
 from helpers import TIMING_KEYS
@@ -182,6 +183,13 @@ BAD_INPUTS = [
              workdir='{workdir}/metrics.jsonl/run'),
     BadInput('unknown TFDS name', ('--config.dataset=cifar11',),
              ("config.dataset='cifar11'", 'folder:PATH')),
+    # TFDS warns of the empty version folder (not shown).
+    BadInput('TFDS source files missing',
+             ('--config.dataset=mnist', '--config.data_dir={data}/tfds',
+              '--config.manual_dir={data}/train'),
+             ('config.manual_dir={data}/train holds none of the files',),
+             breaks=lambda data: (data / 'tfds/mnist/3.0.1').mkdir(
+                 parents=True)),
     BadInput('no such folder', ('--config.dataset=folder:{data}/elsewhere',),
              ('{data}/elsewhere has no train/ folder',)),
     BadInput('no test split', (), ('{data} has no test/ folder',),
@@ -238,6 +246,7 @@ def test_bad_input_stops_with_one_line(bad_input_runs, case):
   result, workdir, data_root = bad_input_runs[case.name]
   assert_clean_error(result, 'l2jax: error:', *(
       f.format(data=data_root, workdir=workdir) for f in case.fragments))
+  assert foreign_lines(result.stderr) == [], result.stderr[-3000:]
   # Nothing written before is lost, and nothing new is written.
   assert os.listdir(workdir) == ['metrics.jsonl']
   assert (workdir / 'metrics.jsonl').read_text() == EARLIER
