@@ -107,14 +107,30 @@ def parse_flags(argv):
   return rest
 
 
-def make_workdir(path: str) -> None:
-  """Creates `path` if need be; a folder that cannot be written is an error."""
+def make_workdir(path: str) -> list:
+  """Creates `path` if need be; a folder that cannot be written is an error.
+  Returns the folders it created, deepest first."""
+  created, folder = [], os.path.abspath(path)
+  while not os.path.exists(folder):
+    created.append(folder)
+    folder = os.path.dirname(folder)
   try:
     os.makedirs(path, exist_ok=True)
     tempfile.TemporaryFile(dir=path).close()
   except OSError as e:
     raise ConfigError(f'--workdir={path} cannot be written to ({e.strerror}); '
                       'name a folder you can write in') from e
+  return created
+
+
+def remove_if_empty(folders: list) -> None:
+  """Removes `folders` (deepest first) while they are empty: what a run that
+  failed before writing anything created."""
+  for folder in folders:
+    try:
+      os.rmdir(folder)
+    except OSError:
+      return
 
 
 def main(argv):
@@ -126,8 +142,11 @@ def main(argv):
   try:
     initialize_distributed()
     configuration.validate(FLAGS.config, jax.device_count())
-    make_workdir(FLAGS.workdir)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    created = make_workdir(FLAGS.workdir)
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    finally:
+      remove_if_empty(created)
   except L2JaxError as e:
     _fail(str(e))
 

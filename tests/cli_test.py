@@ -192,6 +192,11 @@ BAD_INPUTS = [
                  parents=True)),
     BadInput('no such folder', ('--config.dataset=folder:{data}/elsewhere',),
              ('{data}/elsewhere has no train/ folder',)),
+    # The workdir the run made is removed.
+    BadInput('no such folder, new workdir',
+             ('--config.dataset=folder:{data}/elsewhere',),
+             ('{data}/elsewhere has no train/ folder',),
+             workdir='{workdir}/new/run'),
     BadInput('no test split', (), ('{data} has no test/ folder',),
              breaks=lambda data: shutil.rmtree(data / 'test')),
     BadInput('empty split', (), ('{data}/test is empty',),
