@@ -21,6 +21,7 @@ from l2jax import data as data_lib
 from l2jax import devices
 from l2jax import equilibrium
 from l2jax import evaluation
+from l2jax import events as events_lib
 from l2jax import models
 from l2jax import optim
 from l2jax import outputs
@@ -166,6 +167,7 @@ class Run:
   # Written in every epoch's record: `scale_invariant/<group>` and
   # `scale_invariant_share` (`structure`).
   structure: dict
+  events: events_lib.EventWriter
 
 
 def checked_save(run: Run, state, step: int, step_metrics: dict,
@@ -233,10 +235,12 @@ def train_and_evaluate(config, workdir: str,
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, learning_rate, penalties = initialize(
       config, model, dataset.image_shape, steps_per_epoch, init_rng)
-  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt:
+  host = devices.host()
+  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt, \
+      events_lib.EventWriter(workdir, config, host.index == 0) as events:
     run = Run(config, workdir, dataset, steps_per_epoch, learning_rate,
-              penalties, ckpt, devices.host(),
-              structure(model, state, dataset, penalties))
+              penalties, ckpt, host,
+              structure(model, state, dataset, penalties), events)
     return _train(run, model, state, train_rng)
 
 
@@ -290,8 +294,9 @@ def _train(run: Run, model, state, train_rng) -> dict:
         epoch, step, metrics.values, {**measures, **run.structure},
         evaluations, float(run.learning_rate(step - 1)), seconds,
         (step - first_step) * config.batch_size)
-    metrics = records.StepMetrics()
     writer.write(record)
+    run.events.write(record, metrics.values['train_loss'])
+    metrics = records.StepMetrics()
     _log_epoch(config, record)
   return _finish(run, state, writer.records)
 
