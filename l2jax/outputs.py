@@ -45,6 +45,15 @@ class MetricsWriter:
         f.write(json.dumps(record) + '\n')
 
 
+def read_summary(workdir: str):
+  """summary.json's contents, or None when there is none."""
+  path = os.path.join(workdir, SUMMARY)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_summary(workdir: str, summary: dict) -> None:
   write_atomic(os.path.join(workdir, SUMMARY),
                 json.dumps(summary, indent=2, sort_keys=True) + '\n')

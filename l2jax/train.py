@@ -218,8 +218,15 @@ def train_and_evaluate(config, workdir: str,
   have been made with the same config. `dataset` (default:
   `data.load(config)`) lets a sweep read its data once. In a multi-process
   run every process calls this, and process 0 writes. Returns the summary
-  written to summary.json.
+  written to summary.json. A finished run (`finished_summary`) is left as
+  it is, and its summary returned.
   """
+  summary = finished_summary(config, workdir)
+  if summary:
+    logging.info('run complete: %s (epoch %d, step %d, test accuracy %.4f); '
+                 'its outputs stay as they are', workdir, config.num_epochs,
+                 summary['final']['step'], summary['final']['test_accuracy'])
+    return summary
   # Data, model and penalties first: a mistake there leaves the workdir
   # untouched.
   dataset = dataset or data_lib.load(config)
@@ -242,6 +249,18 @@ def train_and_evaluate(config, workdir: str,
               penalties, ckpt, host,
               structure(model, state, dataset, penalties), events)
     return _train(run, model, state, train_rng)
+
+
+def finished_summary(config, workdir: str) -> Optional[dict]:
+  """summary.json of `workdir` if it holds the finished run of `config`
+  (config.num_epochs done and the last checkpoint at the final step), else
+  None; ConfigError if its checkpoint was made with another config."""
+  summary = outputs.read_summary(workdir)
+  final = (summary or {}).get('final') or {}
+  if final.get('epoch') != config.num_epochs:
+    return None
+  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt:
+    return summary if ckpt.check_config(config) == final.get('step') else None
 
 
 def structure(model, state, dataset: data_lib.Dataset,
@@ -267,8 +286,9 @@ def _train(run: Run, model, state, train_rng) -> dict:
         'delete this one to start over)')
   state, step, restored = run.checkpointer.restore_latest(state)
   if step:
-    logging.info('resuming from the checkpoint of step %d (epoch %d)', step,
-                 step // run.steps_per_epoch + 1)
+    logging.info('resuming from the checkpoint of step %d (epoch %d, step '
+                 '%d of %d)', step, -(-step // run.steps_per_epoch),
+                 (step - 1) % run.steps_per_epoch + 1, run.steps_per_epoch)
   writer = outputs.MetricsWriter(run.workdir, step // run.steps_per_epoch,
                                  write=run.host.index == 0)
   mean, std = run.dataset.channel_stats()

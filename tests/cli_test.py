@@ -59,13 +59,15 @@ def test_real_cifar_slice_learns_writes_every_output_and_resumes(
   assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert (tmp_path / 'checkpoints' / '252').is_dir()
 
-  # The same command again resumes after the last step: nothing to train,
-  # the same results.
-  resumed = run_cli(tmp_path, *common, '--config.num_epochs=3')
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'resuming from the checkpoint of step 252' in resumed.stderr
-  assert read_jsonl(tmp_path / 'metrics.jsonl') == records
-  assert json.loads((tmp_path / 'summary.json').read_text()) == summary
+  # The same command again: the run is complete. It stops before reading the
+  # data, and every output stays as it was.
+  outputs = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  again = run_cli(tmp_path, *common, '--config.num_epochs=3')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'run complete: {tmp_path} (epoch 3, step 252' in again.stderr
+  assert 'reading' not in again.stderr
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()
+          if p.is_file()} == outputs
   # Another config would not give the run it claims to be: refused.
   changed = run_cli(tmp_path, *common, '--config.num_epochs=4')
   assert_clean_error(changed, 'another config', 'config.num_epochs: 3 then, 4 now',
