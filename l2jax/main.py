@@ -1,7 +1,10 @@
-"""Trains an image classifier with L2 as the config says.
+r"""Trains an image classifier with L2 as the config says.
 
-    python -m l2jax.main --config=configs/cifar.py --workdir=runs/cifar \
+    l2jax --config=configs/cifar.py --workdir=runs/cifar \
         [--config.l2.mode=decoupled --config.l2.weight=5e-4 ...]
+
+(`l2jax` is the command `pip install` makes; `python -m l2jax.main` is the
+same.)
 
 Several processes (one per host, or several on one host) train one model
 on JAX's distributed runtime when each is started with
@@ -151,5 +154,17 @@ def main(argv):
     _fail(str(e))
 
 
-if __name__ == '__main__':
+def run():
+  """The `l2jax` command (pyproject.toml's [project.scripts]), the same as
+  `python -m l2jax.main`."""
+  # --help shows the __main__ module's docstring and --helpshort the flags
+  # of the module sys.argv[0] names: here the command's script, not this.
+  script = sys.modules['__main__']
+  script.__doc__ = script.__doc__ or __doc__
+  for flag in FLAGS.get_key_flags_for_module(__name__):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

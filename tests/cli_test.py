@@ -6,6 +6,9 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
+import tomllib
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -14,10 +17,12 @@ from PIL import Image
 import pytest
 
 from helpers import assert_clean_error
+from helpers import cpu_env
 from helpers import final_params
 from helpers import final_state
 from helpers import foreign_lines
 from helpers import read_jsonl
+from helpers import REPO
 from helpers import run_cli
 from helpers import TIMING_KEYS
 from helpers import write_folder
@@ -257,6 +262,23 @@ def test_bad_input_stops_with_one_line(bad_input_runs, case):
   # Nothing written before is lost, and nothing new is written.
   assert os.listdir(workdir) == ['metrics.jsonl']
   assert (workdir / 'metrics.jsonl').read_text() == EARLIER
+
+
+def test_the_installed_command_runs_main():
+  # pip installs [project.scripts]'s `l2jax` as a script that imports the
+  # object named and calls it; here that script, run without installing.
+  spec = tomllib.loads((REPO / 'pyproject.toml').read_text())['project'][
+      'scripts']['l2jax']
+  module, function = spec.split(':')
+  script = (f'import sys; from {module} import {function}; '
+            f'sys.argv[0] = "l2jax"; sys.exit({function}())')
+  result = subprocess.run([sys.executable, '-c', script, '--helpshort'],
+                          cwd=REPO, env=cpu_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]  # absl's, after help.
+  assert 'l2jax --config=configs/cifar.py --workdir=runs/cifar' in result.stdout
+  for flag in ('--config:', '--workdir:', '--[no]log_all:'):
+    assert flag in result.stdout, result.stdout
 
 
 def test_divergence_stops_naming_the_step_and_keeps_finite_results(
