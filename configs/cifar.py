@@ -72,4 +72,6 @@ def get_config():
   config.seed = 0
   config.checkpoint_every_steps = 200  # And at each epoch's end; 0: only there.
   config.checkpoints_to_keep = 3
+  # TensorBoard: the loss of every N-th step, beside the per-epoch numbers.
+  config.log_every_steps = 50
   return config

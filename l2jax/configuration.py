@@ -102,6 +102,7 @@ def validate(config, num_devices: int) -> None:
   _number(config, 'seed', low=0, integer=True)
   _number(config, 'checkpoints_to_keep', low=1, integer=True)
   _number(config, 'checkpoint_every_steps', low=0, integer=True)
+  _number(config, 'log_every_steps', low=1, integer=True)
   for name in ('batch_size', 'eval_batch_size'):
     _number(config, name, low=1, integer=True)
     _require(config[name] % num_devices == 0,

@@ -6,16 +6,20 @@
 Normalization and augmentation happen on the device (`l2jax.augment`).
 """
 
+import contextlib
 import dataclasses
 import os
 import re
 import socket
+import tempfile
 from typing import Iterator, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
 from l2jax import devices
+from l2jax import logs
 from l2jax.errors import ConfigError, DataError
 
 FOLDER_PREFIX = 'folder:'
@@ -54,6 +58,7 @@ class Dataset:
 
 def load(config) -> Dataset:
   """Reads train and test once, then holds out validation and subsets."""
+  logging.info('reading %s…', config.dataset)
   if config.dataset.startswith(FOLDER_PREFIX):
     train, test, num_classes = _load_folder(config.dataset[len(FOLDER_PREFIX):])
   else:
@@ -105,7 +110,9 @@ def _read_split(builder, split: str) -> Split:
 def _load_folder(path: str):
   root = os.path.abspath(os.path.expanduser(path))
   _check_folder_layout(root)
-  builder = tfds.folder_dataset.ImageFolder(root)
+  logs.import_tensorflow()  # Before TFDS does, which ImageFolder does.
+  with _tfds_temp_folder_removed():
+    builder = tfds.folder_dataset.ImageFolder(root)
   splits = []
   for split in ('train', 'test'):
     try:
@@ -215,18 +222,39 @@ def _builder_trusting_manual_dir(cls, data_dir, manual_dir):
   return local(data_dir=data_dir)
 
 
+@contextlib.contextmanager
+def _tfds_temp_folder_removed():
+  """A builder made inside leaves no folder behind.
+
+  A TFDS builder whose data are not prepared (an ImageFolder's never are)
+  makes a temporary folder for metadata from GCS and leaves it
+  (`DatasetInfo.initialize_from_bucket`): here it makes it in a folder of
+  ours, removed after.
+  """
+  with tempfile.TemporaryDirectory(prefix='l2jax-tfds-') as folder:
+    saved, tempfile.tempdir = tempfile.tempdir, folder
+    try:
+      yield
+    finally:
+      tempfile.tempdir = saved
+
+
 def _load_tfds(name: str, data_dir, manual_dir):
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    with _tfds_temp_folder_removed():
+      builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ConfigError(
         f'config.dataset={name!r} is not a TFDS data set name nor '
         f'{FOLDER_PREFIX}PATH; try cifar10, cifar100, mnist, fashion_mnist') from e
+  logs.import_tensorflow()  # Before TFDS does, to prepare or read.
   if not builder.is_prepared():
     if manual_dir:
-      _builder_trusting_manual_dir(type(builder), data_dir, manual_dir) \
-          .download_and_prepare(download_config=tfds.download.DownloadConfig(
-              manual_dir=manual_dir, try_download_gcs=False))
+      with _tfds_temp_folder_removed():
+        local = _builder_trusting_manual_dir(type(builder), data_dir,
+                                             manual_dir)
+      local.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, try_download_gcs=False))
       builder = tfds.builder(name, data_dir=data_dir)  # Reads what was made.
     elif not _can_reach_tfds_hosts():
       raise DataError(

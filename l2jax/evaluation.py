@@ -10,6 +10,7 @@ import optax
 from l2jax import augment
 from l2jax import data as data_lib
 from l2jax import devices
+from l2jax import progress
 
 NOISE_STREAM = 1  # Folded into the seed's key: the evaluation noise.
 
@@ -94,18 +95,28 @@ class Evaluator:
 
   def noise(self, variables, split) -> dict:
     """{'test_accuracy_noise<σ>': accuracy} for each configured σ."""
-    return {f'test_accuracy_noise{sigma:g}': evaluate(
+    return dict(self._noisy(variables, split, sigma) for sigma in self.sigmas)
+
+  def _noisy(self, variables, split, sigma) -> tuple:
+    return f'test_accuracy_noise{sigma:g}', evaluate(
         self.noisy, variables, split, self.batch_size, self.host,
-        sigma)['accuracy'] for sigma in self.sigmas}
+        sigma)['accuracy']
 
   def __call__(self, state, splits: dict) -> dict:
     """`splits`: {'val': Split or None, 'test': Split}; noise on 'test'."""
     variables = eval_variables(state)
+    passes = [(name, split, None) for name, split in splits.items()
+              if split is not None]
+    passes += [('test', splits['test'], sigma) for sigma in self.sigmas]
     result = {}
-    for name, split in splits.items():
-      if split is not None:
+    bar = progress.bar(passes, desc='evaluating', unit='passes')
+    for name, split, sigma in bar:
+      bar.set_postfix_str(name if sigma is None else f'{name} σ={sigma:g}',
+                          refresh=False)
+      if sigma is None:
         metrics = evaluate(self.clean, variables, split, self.batch_size,
                            self.host)
         result.update({f'{name}_{k}': v for k, v in metrics.items()})
-    result.update(self.noise(variables, splits['test']))
+      else:
+        result.update([self._noisy(variables, split, sigma)])
     return result

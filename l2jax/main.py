@@ -1,7 +1,10 @@
-"""Trains an image classifier with L2 as the config says.
+r"""Trains an image classifier with L2 as the config says.
 
-    python -m l2jax.main --config=configs/cifar.py --workdir=runs/cifar \
+    l2jax --config=configs/cifar.py --workdir=runs/cifar \
         [--config.l2.mode=decoupled --config.l2.weight=5e-4 ...]
+
+(`l2jax` is the command `pip install` makes; `python -m l2jax.main` is the
+same.)
 
 Several processes (one per host, or several on one host) train one model
 on JAX's distributed runtime when each is started with
@@ -10,7 +13,6 @@ JAX_COORDINATOR_ADDRESS in the environment), or with `--distributed` where
 JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU).
 """
 
-import logging as std_logging
 import os
 import sys
 import tempfile
@@ -24,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from l2jax import configuration
 from l2jax import cpu
+from l2jax import logs
 from l2jax import train
 from l2jax.errors import ConfigError, L2JaxError
 
@@ -39,6 +42,9 @@ flags.DEFINE_integer('process_id', None, "This process's index, 0 to N-1.")
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() even without the '
                   'flags above, letting JAX detect the cluster.')
+flags.DEFINE_bool('log_all', False,
+                  "Log every library's lines (TensorFlow's C++ log, TFDS, "
+                  "orbax, clu), not only l2jax's and errors.")
 
 
 def initialize_distributed() -> None:
@@ -59,12 +65,6 @@ def initialize_distributed() -> None:
   logging.info('process %d of %d; %d of %d devices here',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-
-
-def _only_l2jax_info(record) -> bool:
-  """Keeps INFO lines from l2jax; orbax and TFDS print many of their own."""
-  return record.levelno >= std_logging.WARNING or (
-      f'{os.sep}l2jax{os.sep}' in record.pathname)
 
 
 def _fail(message: str):
@@ -110,31 +110,61 @@ def parse_flags(argv):
   return rest
 
 
-def make_workdir(path: str) -> None:
-  """Creates `path` if need be; a folder that cannot be written is an error."""
+def make_workdir(path: str) -> list:
+  """Creates `path` if need be; a folder that cannot be written is an error.
+  Returns the folders it created, deepest first."""
+  created, folder = [], os.path.abspath(path)
+  while not os.path.exists(folder):
+    created.append(folder)
+    folder = os.path.dirname(folder)
   try:
     os.makedirs(path, exist_ok=True)
     tempfile.TemporaryFile(dir=path).close()
   except OSError as e:
     raise ConfigError(f'--workdir={path} cannot be written to ({e.strerror}); '
                       'name a folder you can write in') from e
+  return created
+
+
+def remove_if_empty(folders: list) -> None:
+  """Removes `folders` (deepest first) while they are empty: what a run that
+  failed before writing anything created."""
+  for folder in folders:
+    try:
+      os.rmdir(folder)
+    except OSError:
+      return
 
 
 def main(argv):
   del argv  # parse_flags has refused any.
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_only_l2jax_info)
+  logs.configure(FLAGS.log_all)
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   cpu.configure()  # Before JAX runs anything.
   try:
     initialize_distributed()
     configuration.validate(FLAGS.config, jax.device_count())
-    make_workdir(FLAGS.workdir)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    created = make_workdir(FLAGS.workdir)
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    finally:
+      remove_if_empty(created)
   except L2JaxError as e:
     _fail(str(e))
 
 
-if __name__ == '__main__':
+def run():
+  """The `l2jax` command (pyproject.toml's [project.scripts]), the same as
+  `python -m l2jax.main`."""
+  # --help shows the __main__ module's docstring and --helpshort the flags
+  # of the module sys.argv[0] names: here the command's script, not this.
+  script = sys.modules['__main__']
+  script.__doc__ = script.__doc__ or __doc__
+  for flag in FLAGS.get_key_flags_for_module(__name__):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -4,7 +4,6 @@ devices."""
 import dataclasses
 import functools
 import os
-import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -14,7 +13,6 @@ from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import optax
-from tqdm import tqdm
 
 from l2jax import augment
 from l2jax import checkpoints
@@ -23,10 +21,12 @@ from l2jax import data as data_lib
 from l2jax import devices
 from l2jax import equilibrium
 from l2jax import evaluation
+from l2jax import events as events_lib
 from l2jax import models
 from l2jax import optim
 from l2jax import outputs
 from l2jax import pretrained
+from l2jax import progress
 from l2jax import records
 from l2jax import regularization
 from l2jax.errors import ConfigError, L2JaxError
@@ -167,6 +167,7 @@ class Run:
   # Written in every epoch's record: `scale_invariant/<group>` and
   # `scale_invariant_share` (`structure`).
   structure: dict
+  events: events_lib.EventWriter
 
 
 def checked_save(run: Run, state, step: int, step_metrics: dict,
@@ -196,10 +197,9 @@ def train_epoch(run: Run, p_train_step, state, rng, epoch: int, step: int,
   batches = data_lib.train_batches(
       run.dataset.train, config.batch_size, config.seed, epoch,
       start=step - (end - run.steps_per_epoch), host=run.host)
-  for images, labels in tqdm(jax_utils.prefetch_to_device(batches, 2),
-                             total=end - step, leave=False,
-                             desc=f'epoch {epoch}/{config.num_epochs}',
-                             disable=not sys.stderr.isatty()):
+  for images, labels in progress.bar(
+      jax_utils.prefetch_to_device(batches, 2), total=end - step,
+      desc=f'epoch {epoch}/{config.num_epochs}', unit='steps'):
     state, step_metrics = p_train_step(state, images, labels, rng)
     metrics.add(step_metrics)
     step += 1
@@ -218,8 +218,15 @@ def train_and_evaluate(config, workdir: str,
   have been made with the same config. `dataset` (default:
   `data.load(config)`) lets a sweep read its data once. In a multi-process
   run every process calls this, and process 0 writes. Returns the summary
-  written to summary.json.
+  written to summary.json. A finished run (`finished_summary`) is left as
+  it is, and its summary returned.
   """
+  summary = finished_summary(config, workdir)
+  if summary:
+    logging.info('run complete: %s (epoch %d, step %d, test accuracy %.4f); '
+                 'its outputs stay as they are', workdir, config.num_epochs,
+                 summary['final']['step'], summary['final']['test_accuracy'])
+    return summary
   # Data, model and penalties first: a mistake there leaves the workdir
   # untouched.
   dataset = dataset or data_lib.load(config)
@@ -235,11 +242,25 @@ def train_and_evaluate(config, workdir: str,
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, learning_rate, penalties = initialize(
       config, model, dataset.image_shape, steps_per_epoch, init_rng)
-  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt:
+  host = devices.host()
+  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt, \
+      events_lib.EventWriter(workdir, config, host.index == 0) as events:
     run = Run(config, workdir, dataset, steps_per_epoch, learning_rate,
-              penalties, ckpt, devices.host(),
-              structure(model, state, dataset, penalties))
+              penalties, ckpt, host,
+              structure(model, state, dataset, penalties), events)
     return _train(run, model, state, train_rng)
+
+
+def finished_summary(config, workdir: str) -> Optional[dict]:
+  """summary.json of `workdir` if it holds the finished run of `config`
+  (config.num_epochs done and the last checkpoint at the final step), else
+  None; ConfigError if its checkpoint was made with another config."""
+  summary = outputs.read_summary(workdir)
+  final = (summary or {}).get('final') or {}
+  if final.get('epoch') != config.num_epochs:
+    return None
+  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt:
+    return summary if ckpt.check_config(config) == final.get('step') else None
 
 
 def structure(model, state, dataset: data_lib.Dataset,
@@ -265,13 +286,15 @@ def _train(run: Run, model, state, train_rng) -> dict:
         'delete this one to start over)')
   state, step, restored = run.checkpointer.restore_latest(state)
   if step:
-    logging.info('resuming from the checkpoint of step %d (epoch %d)', step,
-                 step // run.steps_per_epoch + 1)
+    logging.info('resuming from the checkpoint of step %d (epoch %d, step '
+                 '%d of %d)', step, -(-step // run.steps_per_epoch),
+                 (step - 1) % run.steps_per_epoch + 1, run.steps_per_epoch)
   writer = outputs.MetricsWriter(run.workdir, step // run.steps_per_epoch,
                                  write=run.host.index == 0)
   mean, std = run.dataset.channel_stats()
-  p_train_step = pmap_train_step(config, run.penalties, mean, std,
-                                 run.steps_per_epoch)
+  p_train_step = progress.first_call_timed(
+      pmap_train_step(config, run.penalties, mean, std, run.steps_per_epoch),
+      'the training step')
   evaluate = evaluation.Evaluator(config, model.apply, mean, std, run.host)
   state, rng = devices.replicate(state), jax_utils.replicate(train_rng)
   metrics, last_checkpoint = records.StepMetrics(restored), step
@@ -291,8 +314,9 @@ def _train(run: Run, model, state, train_rng) -> dict:
         epoch, step, metrics.values, {**measures, **run.structure},
         evaluations, float(run.learning_rate(step - 1)), seconds,
         (step - first_step) * config.batch_size)
-    metrics = records.StepMetrics()
     writer.write(record)
+    run.events.write(record, metrics.values['train_loss'])
+    metrics = records.StepMetrics()
     _log_epoch(config, record)
   return _finish(run, state, writer.records)
 

@@ -6,17 +6,26 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
+import tomllib
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
 from PIL import Image
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
 
 from helpers import assert_clean_error
+from helpers import cpu_env
 from helpers import final_params
 from helpers import final_state
+from helpers import foreign_lines
 from helpers import read_jsonl
+from helpers import REPO
 from helpers import run_cli
 from helpers import TIMING_KEYS
 from helpers import write_folder
@@ -30,14 +39,19 @@ PER_EPOCH_KEYS = {
     'test_accuracy_noise0.1'}
 
 
-def test_real_cifar_slice_learns_writes_every_output_and_resumes(
+def test_real_cifar_slice_learns_writes_every_output_and_is_then_complete(
     cifar_small, tmp_path):
+  workdir, temp = tmp_path / 'run', tmp_path / 'tmp'
+  temp.mkdir()
   common = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
             '--config.learning_rate=0.02', '--config.augment=False']
-  result = run_cli(tmp_path, *common, '--config.num_epochs=3')
+  # As a user runs it: TensorFlow's log level unset; and a temporary folder
+  # of its own, to see what it leaves there.
+  result = run_cli(workdir, *common, '--config.num_epochs=3',
+                   env={'TF_CPP_MIN_LOG_LEVEL': None, 'TMPDIR': str(temp)})
   assert result.returncode == 0, result.stderr[-3000:]
 
-  records = read_jsonl(tmp_path / 'metrics.jsonl')
+  records = read_jsonl(workdir / 'metrics.jsonl')
   assert [r['epoch'] for r in records] == [1, 2, 3]
   for record in records:
     assert PER_EPOCH_KEYS <= set(record), PER_EPOCH_KEYS - set(record)
@@ -50,26 +64,65 @@ def test_real_cifar_slice_learns_writes_every_output_and_resumes(
   assert records[-1]['l2_penalty'] == pytest.approx(
       0.5 * 5e-4 * records[-1]['weight_norm'] ** 2, rel=1e-4)
 
-  summary = json.loads((tmp_path / 'summary.json').read_text())
+  summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['final'] == records[-1]
   assert summary['config']['l2'] == {'mode': 'coupled', 'weight': 5e-4,
                                      'mask': 'kernels', 'normalized': False,
                                      'schedule': 'lr'}
-  assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  assert (tmp_path / 'checkpoints' / '252').is_dir()
+  assert (workdir / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert (workdir / 'checkpoints' / '252').is_dir()
+  _assert_events_equal_records(workdir, records)
 
-  # The same command again resumes after the last step: nothing to train,
-  # the same results.
-  resumed = run_cli(tmp_path, *common, '--config.num_epochs=3')
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'resuming from the checkpoint of step 252' in resumed.stderr
-  assert read_jsonl(tmp_path / 'metrics.jsonl') == records
-  assert json.loads((tmp_path / 'summary.json').read_text()) == summary
+  # stderr: l2jax's lines only (no TensorFlow start-up lines, no TFDS
+  # warnings), compilation timed; nothing left in the temporary folder.
+  assert foreign_lines(result.stderr) == [], result.stderr[-3000:]
+  assert re.search(r'compiling the training step…\n.*compiled the training '
+                   r'step in \d+\.\d s\n', result.stderr), result.stderr[-3000:]
+  assert list(temp.iterdir()) == []
+
+  # The same command again: the run is complete. It stops before reading the
+  # data, and every output stays as it was.
+  outputs = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  again = run_cli(workdir, *common, '--config.num_epochs=3')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'run complete: {workdir} (epoch 3, step 252' in again.stderr
+  assert 'reading' not in again.stderr
+  assert {p.name: p.read_bytes() for p in workdir.iterdir()
+          if p.is_file()} == outputs
   # Another config would not give the run it claims to be: refused.
-  changed = run_cli(tmp_path, *common, '--config.num_epochs=4')
+  changed = run_cli(workdir, *common, '--config.num_epochs=4')
   assert_clean_error(changed, 'another config', 'config.num_epochs: 3 then, 4 now',
                      'new --workdir')
-  assert read_jsonl(tmp_path / 'metrics.jsonl') == records
+  assert read_jsonl(workdir / 'metrics.jsonl') == records
+
+
+def _assert_events_equal_records(workdir, records) -> None:
+  """TensorBoard's reader finds metrics.jsonl's numbers (as float32) at each
+  epoch's last step, every 50th step's loss, and the config as HParams."""
+  events = event_accumulator.EventAccumulator(
+      str(workdir), size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  hparams_tag = hparams_metadata.SESSION_START_INFO_TAG
+  tags = set(events.Tags()['tensors'])
+  assert hparams_tag in tags
+  read = {tag: {e.step: tensor_util.make_ndarray(e.tensor_proto).item()
+                for e in events.Tensors(tag)} for tag in tags - {hparams_tag}}
+  step_losses = read.pop('step/train_loss')
+  assert sorted(step_losses) == [50, 100, 150, 200, 250]
+  assert all(0 < loss < 5 for loss in step_losses.values()), step_losses
+  expected = {}
+  for record in records:
+    for key, value in record.items():
+      if key != 'step' and type(value) in (int, float):  # Not None nor bool.
+        expected.setdefault(key, {})[record['step']] = float(np.float32(value))
+  assert read == expected
+  hparams = hparams_metadata.parse_session_start_info_plugin_data(
+      events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_tag]
+  ).hparams
+  assert hparams['learning_rate'].number_value == 0.02
+  assert hparams['l2.weight'].number_value == 5e-4
+  assert hparams['l2.mode'].string_value == 'coupled'
+  assert hparams['optimizer'].string_value == 'sgd'
 
 
 def test_two_devices_give_the_same_run_as_one(cifar_small, tmp_path):
@@ -167,7 +220,8 @@ BAD_INPUTS = [
     BadInput('warmup as long as training',
              ('--config.warmup_epochs=3', '--config.num_epochs=3'),
              ('config.warmup_epochs=3.0', 'config.num_epochs=3')),
-    BadInput('mask matching no parameter', ('--config.l2.mask=BatchNorm',),
+    BadInput('mask matching no parameter',
+             ('--config.l2.mask=BatchNorm', '--config.batch_size=4'),
              ("config.l2.mask='BatchNorm' matches no parameter",
               'Conv_0/kernel')),
     BadInput('manual_dir with a folder', ('--config.manual_dir=/tmp',),
@@ -182,8 +236,20 @@ BAD_INPUTS = [
              workdir='{workdir}/metrics.jsonl/run'),
     BadInput('unknown TFDS name', ('--config.dataset=cifar11',),
              ("config.dataset='cifar11'", 'folder:PATH')),
+    # TFDS warns of the empty version folder (not shown).
+    BadInput('TFDS source files missing',
+             ('--config.dataset=mnist', '--config.data_dir={data}/tfds',
+              '--config.manual_dir={data}/train'),
+             ('config.manual_dir={data}/train holds none of the files',),
+             breaks=lambda data: (data / 'tfds/mnist/3.0.1').mkdir(
+                 parents=True)),
     BadInput('no such folder', ('--config.dataset=folder:{data}/elsewhere',),
              ('{data}/elsewhere has no train/ folder',)),
+    # The workdir the run made is removed.
+    BadInput('no such folder, new workdir',
+             ('--config.dataset=folder:{data}/elsewhere',),
+             ('{data}/elsewhere has no train/ folder',),
+             workdir='{workdir}/new/run'),
     BadInput('no test split', (), ('{data} has no test/ folder',),
              breaks=lambda data: shutil.rmtree(data / 'test')),
     BadInput('empty split', (), ('{data}/test is empty',),
@@ -238,9 +304,27 @@ def test_bad_input_stops_with_one_line(bad_input_runs, case):
   result, workdir, data_root = bad_input_runs[case.name]
   assert_clean_error(result, 'l2jax: error:', *(
       f.format(data=data_root, workdir=workdir) for f in case.fragments))
+  assert foreign_lines(result.stderr) == [], result.stderr[-3000:]
   # Nothing written before is lost, and nothing new is written.
   assert os.listdir(workdir) == ['metrics.jsonl']
   assert (workdir / 'metrics.jsonl').read_text() == EARLIER
+
+
+def test_the_installed_command_runs_main():
+  # pip installs [project.scripts]'s `l2jax` as a script that imports the
+  # object named and calls it; here that script, run without installing.
+  spec = tomllib.loads((REPO / 'pyproject.toml').read_text())['project'][
+      'scripts']['l2jax']
+  module, function = spec.split(':')
+  script = (f'import sys; from {module} import {function}; '
+            f'sys.argv[0] = "l2jax"; sys.exit({function}())')
+  result = subprocess.run([sys.executable, '-c', script, '--helpshort'],
+                          cwd=REPO, env=cpu_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]  # absl's, after help.
+  assert 'l2jax --config=configs/cifar.py --workdir=runs/cifar' in result.stdout
+  for flag in ('--config:', '--workdir:', '--[no]log_all:'):
+    assert flag in result.stdout, result.stdout
 
 
 def test_divergence_stops_naming_the_step_and_keeps_finite_results(

@@ -76,6 +76,7 @@ def test_shipped_configs_and_masks_pass(get_config, model, mask):
     ({'adam.b2': 1.0}, ['config.adam.b2=1.0 must lie in [0, 1)']),
     (dict(eval_every_epochs=0), ['config.eval_every_epochs=0 must lie in [1, inf)']),
     (dict(checkpoints_to_keep=0), ['config.checkpoints_to_keep=0']),
+    (dict(log_every_steps=0), ['config.log_every_steps=0 must lie in [1, inf)']),
     (dict(step_boundaries=(0.5, 1.5)), ['config.step_boundaries=(0.5, 1.5)', '(0, 1)']),
     (dict(schedule='step', warmup_epochs=10.0, num_epochs=20,
           step_boundaries=(0.25, 0.75)),

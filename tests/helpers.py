@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -79,21 +80,47 @@ def read_csv(path) -> list:
 
 
 def cli(workdir, *overrides, devices: int = 1,
-        config='configs/cifar.py') -> dict:
+        config='configs/cifar.py', env: dict = None) -> dict:
   """subprocess arguments for `python -m l2jax.main` with `devices` CPU
-  devices (without --workdir when `workdir` is None)."""
+  devices (without --workdir when `workdir` is None); `env` changes the
+  environment (None: unset)."""
   workdir = [] if workdir is None else [f'--workdir={workdir}']
+  environ = cpu_env(devices)
+  for name, value in (env or {}).items():
+    if value is None:
+      environ.pop(name, None)
+    else:
+      environ[name] = value
   return dict(args=[sys.executable, '-m', 'l2jax.main', f'--config={config}',
                     *workdir, *overrides],
-              cwd=REPO, env=cpu_env(devices), text=True)
+              cwd=REPO, env=environ, text=True)
 
 
 def run_cli(workdir, *overrides, devices: int = 1, config='configs/cifar.py',
-            timeout: int = 600) -> subprocess.CompletedProcess:
+            env: dict = None, timeout: int = 600
+            ) -> subprocess.CompletedProcess:
   """Runs `python -m l2jax.main` in a fresh process; see `cli`."""
   return subprocess.run(**cli(workdir, *overrides, devices=devices,
-                              config=config),
+                              config=config, env=env),
                         capture_output=True, timeout=timeout)
+
+
+# absl's log line names its source file: `I1202 16:52:11.606020 1396
+# data.py:61] ...`; l2jax's files by name (a library's file of the same name
+# would pass too).
+_LOG_LINE = re.compile(r'[IWEF]\d{4} [\d:.]+ +\d+ (\w+)\.py:\d+\] ')
+_L2JAX_FILES = {p.stem for p in (REPO / 'l2jax').rglob('*.py')}
+
+
+def foreign_lines(stderr: str) -> list:
+  """The lines of a CLI's stderr that are neither l2jax's log lines nor its
+  one-line error."""
+  def ours(line):
+    match = _LOG_LINE.match(line)
+    return line.startswith('l2jax: error: ') or (
+        match is not None and match[1] in _L2JAX_FILES)
+  return [line for line in stderr.splitlines() if line.strip()
+          and not ours(line)]
 
 
 def read_jsonl(path):
