@@ -128,11 +128,12 @@ SPARSITY_THRESHOLD = 1e-3
 
 
 def sparsity(params, mask) -> jax.Array:
-  """The share of the masked parameters' elements with |w| < 10⁻³."""
+  """The share of the masked parameters' elements with |w| < 10⁻³; nan
+  (recorded as null) when the mask selects nothing."""
   small = masked_sum(lambda w: jnp.abs(w) < SPARSITY_THRESHOLD, params, mask)
   count = sum(w.size for w, m in zip(jax.tree_util.tree_leaves(params),
                                      jax.tree_util.tree_leaves(mask)) if m)
-  return small / count
+  return small / count if count else jnp.float32(jnp.nan)
 
 
 class Anchor(NamedTuple):

@@ -3,6 +3,7 @@ devices."""
 
 import dataclasses
 import functools
+import math
 import os
 import sys
 import time
@@ -298,6 +299,7 @@ def _train(run: Run, model, state, train_rng) -> dict:
 
 
 def _log_epoch(config, record: dict) -> None:
+  record = {k: math.nan if v is None else v for k, v in record.items()}
   logging.info(
       'epoch %d/%d: loss %.4f, train %.4f, val %s, test %s, ‖w‖ %.3f, '
       'lr %.4g, %.1f s, %.0f images/s', record['epoch'], config.num_epochs,
