@@ -54,7 +54,8 @@ def decay_mask(spec: str) -> MaskFn:
   else:
     try:
       pattern = re.compile(spec)
-    except re.error as e:
+    except (re.error, OverflowError, RecursionError) as e:
+      # OverflowError: a repeat count such as a{4294967296}.
       raise ValueError(f'{spec!r} is not a valid regular expression ({e})') from e
     selects = lambda path: pattern.search(path) is not None
 

@@ -229,6 +229,11 @@ def train_and_evaluate(config, workdir: str,
     raise ConfigError(
         f'config.batch_size={config.batch_size} is larger than the '
         f'{len(dataset.train)} training examples; lower it')
+  if config.num_epochs * steps_per_epoch > configuration.MAX_STEPS:
+    raise ConfigError(
+        f'config.num_epochs={config.num_epochs} of {steps_per_epoch} steps '
+        f'is more than the {configuration.MAX_STEPS} steps a run can count; '
+        'lower it')
   logging.info('data: %d train, %d validation, %d test, shape %s, %d classes',
                len(dataset.train), len(dataset.validation or ()),
                len(dataset.test), dataset.image_shape, dataset.num_classes)
