@@ -15,3 +15,7 @@ class DataError(L2JaxError):
 
 class DivergenceError(L2JaxError):
   """Training produced a non-finite loss or parameter."""
+
+
+class WorkdirInUse(L2JaxError):
+  """Another run holds the workdir's lock."""

@@ -30,6 +30,7 @@ from l2jax import outputs
 from l2jax import pretrained
 from l2jax import records
 from l2jax import regularization
+from l2jax import workdir_lock
 from l2jax.errors import ConfigError, L2JaxError
 
 DROPOUT_STREAM = 2  # Folded into each step's key: dropout's stream.
@@ -220,7 +221,15 @@ def train_and_evaluate(config, workdir: str,
   `data.load(config)`) lets a sweep read its data once. In a multi-process
   run every process calls this, and process 0 writes. Returns the summary
   written to summary.json.
+
+  Holds the workdir's lock throughout (WorkdirInUse, before any work, if
+  another run holds it).
   """
+  with workdir_lock.hold(workdir, devices.host()):
+    return _train_and_evaluate(config, workdir, dataset)
+
+
+def _train_and_evaluate(config, workdir: str, dataset) -> dict:
   # Data, model and penalties first: a mistake there leaves the workdir
   # untouched.
   dataset = dataset or data_lib.load(config)

@@ -81,6 +81,10 @@ def test_killed_run_resumes_to_the_same_parameters_and_metrics(
 
   resumed = run_cli(tmp_path, *args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  # The killed run could not release the workdir's lock file: the OS
+  # released the lock itself, and the next run takes it over.
+  assert re.search(rf'held by pid {process.pid} on host \S+, which ended '
+                   'without releasing it', resumed.stderr), resumed.stderr
   step = int(re.search(r'resuming from the checkpoint of step (\d+)',
                        resumed.stderr)[1])
   assert step >= killed_at
