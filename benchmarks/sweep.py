@@ -11,6 +11,8 @@ one `l2jax.train.train_and_evaluate` call, the training code of
   `failed` (any other exception, with its one-line message: rerun by the
   next call; the sweep goes on). A collapsed network (weights at 0) is
   `done`: its undefined measures are null in metrics.jsonl, nan in its row.
+  Ctrl-C stops the sweep; so does a preemption notice (SIGTERM, SIGUSR1),
+  once the cell in training has saved its checkpoint (exit status 75).
 
 `run` trains the cells that are not done, through an executor:
 
@@ -47,6 +49,7 @@ import jax
 from l2jax import configuration
 from l2jax import data as data_lib
 from l2jax import outputs
+from l2jax import preemption
 from l2jax import train
 from l2jax.errors import DivergenceError, L2JaxError
 
@@ -197,7 +200,13 @@ def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
         dataset = data_lib.load(config)
       except L2JaxError:
         dataset = None  # train_cell meets the error again and records it.
-    progress.cell(name, train_cell(folder, config, dataset, keep_checkpoints))
+    try:
+      record = train_cell(folder, config, dataset, keep_checkpoints)
+    except preemption.Preempted as e:
+      # The cell's checkpoint is saved; the next call resumes it.
+      print(f'{name}: {e}', flush=True)
+      raise SystemExit(preemption.EXIT_STATUS) from e
+    progress.cell(name, record)
 
 
 def _job(jobs: Sequence[tuple], keep_checkpoints: bool, pin: str,

@@ -50,6 +50,10 @@ class Checkpointer:
         progress=ocp.args.JsonSave({'config': config.to_dict(),
                                     'epoch_metrics': epoch_metrics})))
 
+  def wait(self) -> None:
+    """Waits for the last save to complete."""
+    self._manager.wait_until_finished()
+
   def check_config(self, config) -> Optional[int]:
     """The last checkpoint's step (None if there is none); ConfigError if it
     was made with another config, values in MAY_CHANGE_ON_RESUME aside.

@@ -8,6 +8,10 @@ on JAX's distributed runtime when each is started with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or
 JAX_COORDINATOR_ADDRESS in the environment), or with `--distributed` where
 JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU).
+
+Exit status: 0 when training finished; 1 after a one-line error (the input,
+a workdir in use, divergence); 75 (`preemption.EXIT_STATUS`) after a
+preemption notice, its checkpoint saved.
 """
 
 import logging as std_logging
@@ -24,6 +28,7 @@ import tensorflow_datasets as tfds
 
 from l2jax import configuration
 from l2jax import cpu
+from l2jax import preemption
 from l2jax import train
 from l2jax.errors import ConfigError, L2JaxError
 
@@ -134,6 +139,9 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except L2JaxError as e:
     _fail(str(e))
+  except preemption.Preempted as e:
+    print(f'l2jax: {e}', file=sys.stderr)
+    sys.exit(preemption.EXIT_STATUS)
 
 
 if __name__ == '__main__':

@@ -27,6 +27,7 @@ from l2jax import evaluation
 from l2jax import models
 from l2jax import optim
 from l2jax import outputs
+from l2jax import preemption
 from l2jax import pretrained
 from l2jax import records
 from l2jax import regularization
@@ -169,6 +170,7 @@ class Run:
   # Written in every epoch's record: `scale_invariant/<group>` and
   # `scale_invariant_share` (`structure`).
   structure: dict
+  preemption: preemption.Notice
 
 
 def checked_save(run: Run, state, step: int, step_metrics: dict,
@@ -193,7 +195,8 @@ def train_epoch(run: Run, p_train_step, state, rng, epoch: int, step: int,
                 metrics: records.StepMetrics, last_checkpoint: int):
   """Trains from global step `step` to the end of `epoch`, saving every
   `config.checkpoint_every_steps` steps but the last (the caller saves it).
-  Returns (state, the last checkpoint's step)."""
+  Returns (state, the last checkpoint's step). After a preemption notice,
+  saves the step and raises Preempted (`stop`)."""
   config, end = run.config, epoch * run.steps_per_epoch
   batches = data_lib.train_batches(
       run.dataset.train, config.batch_size, config.seed, epoch,
@@ -206,10 +209,23 @@ def train_epoch(run: Run, p_train_step, state, rng, epoch: int, step: int,
     metrics.add(step_metrics)
     step += 1
     every = config.checkpoint_every_steps
-    if every and step % every == 0 and step != end:
+    # The epoch's last step is the caller's: it saves, evaluates and records
+    # it before it stops.
+    preempted = step != end and run.preemption.reached(step)
+    if preempted or (every and step % every == 0 and step != end):
       checked_save(run, state, step, metrics.fetch(), last_checkpoint)
       last_checkpoint = step
+    if preempted:
+      stop(run, step)
   return state, last_checkpoint
+
+
+def stop(run: Run, step: int) -> None:
+  """Waits for the checkpoint of `step` to be written, then raises
+  Preempted."""
+  run.checkpointer.wait()
+  raise preemption.Preempted(step, run.preemption.name(),
+                             run.checkpointer.directory)
 
 
 def train_and_evaluate(config, workdir: str,
@@ -223,13 +239,15 @@ def train_and_evaluate(config, workdir: str,
   written to summary.json.
 
   Holds the workdir's lock throughout (WorkdirInUse, before any work, if
-  another run holds it).
+  another run holds it), and stops with Preempted after a preemption notice
+  (`l2jax.preemption`), its last step saved.
   """
-  with workdir_lock.hold(workdir, devices.host()):
-    return _train_and_evaluate(config, workdir, dataset)
+  with (preemption.Notice() as notice,
+        workdir_lock.hold(workdir, devices.host())):
+    return _train_and_evaluate(config, workdir, dataset, notice)
 
 
-def _train_and_evaluate(config, workdir: str, dataset) -> dict:
+def _train_and_evaluate(config, workdir: str, dataset, notice) -> dict:
   # Data, model and penalties first: a mistake there leaves the workdir
   # untouched.
   dataset = dataset or data_lib.load(config)
@@ -253,7 +271,7 @@ def _train_and_evaluate(config, workdir: str, dataset) -> dict:
   with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt:
     run = Run(config, workdir, dataset, steps_per_epoch, learning_rate,
               penalties, ckpt, devices.host(),
-              structure(model, state, dataset, penalties))
+              structure(model, state, dataset, penalties), notice)
     return _train(run, model, state, train_rng)
 
 
@@ -309,6 +327,8 @@ def _train(run: Run, model, state, train_rng) -> dict:
     metrics = records.StepMetrics()
     writer.write(record)
     _log_epoch(config, record)
+    if epoch < config.num_epochs and run.preemption.reached(step):
+      stop(run, step)
   return _finish(run, state, writer.records)
 
 

@@ -1,6 +1,6 @@
 """A sweep (benchmarks.sweep.run) outlives its cells: a network that
 collapses is a result, a cell that raises is recorded as failed in one line
-and the sweep goes on; Ctrl-C stops it."""
+and the sweep goes on; Ctrl-C and a preemption notice stop it."""
 
 import json
 import math
@@ -13,6 +13,7 @@ import pytest
 from benchmarks import sweep
 from configs import cifar
 from helpers import read_jsonl
+from l2jax import preemption
 from l2jax import train
 
 
@@ -104,8 +105,10 @@ def test_any_exception_of_a_cell_is_recorded_in_one_line(tmp_path,
 
 
 @pytest.mark.parametrize('interrupt, stop', [
-    (KeyboardInterrupt(), KeyboardInterrupt)])
-def test_ctrl_c_stops_the_sweep(tmp_path, monkeypatch, interrupt, stop):
+    (KeyboardInterrupt(), KeyboardInterrupt),
+    (preemption.Preempted(3, 'SIGTERM', 'checkpoints'), SystemExit)])
+def test_ctrl_c_and_a_preemption_notice_stop_the_sweep(
+    tmp_path, monkeypatch, interrupt, stop):
   trained = []
 
   def train_and_evaluate(config, folder, dataset):
@@ -116,6 +119,8 @@ def test_ctrl_c_stops_the_sweep(tmp_path, monkeypatch, interrupt, stop):
   monkeypatch.setattr(train, 'train_and_evaluate', train_and_evaluate)
   with pytest.raises(stop) as stopped:
     sweep.run(cells(), base_config('folder:/nonexistent'), str(tmp_path))
+  if stop is SystemExit:
+    assert stopped.value.code == preemption.EXIT_STATUS
   assert trained == [0]
   # Nothing recorded: the next call trains (or resumes) the cell.
   assert not (tmp_path / 'cells' / 'first' / sweep.CELL).exists()
