@@ -19,3 +19,8 @@ class DivergenceError(L2JaxError):
 
 class WorkdirInUse(L2JaxError):
   """Another run holds the workdir's lock."""
+
+
+class WriteError(L2JaxError):
+  """A checkpoint or output could not be written: a full disk, a folder made
+  read-only. What was saved before stays intact."""

@@ -10,10 +10,11 @@ JAX_COORDINATOR_ADDRESS in the environment), or with `--distributed` where
 JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU).
 
 Exit status: 0 when training finished; 1 after a one-line error (the input,
-a workdir in use, divergence); 75 (`preemption.EXIT_STATUS`) after a
-preemption notice, its checkpoint saved.
+a workdir in use, a full or read-only disk, divergence); 75
+(`preemption.EXIT_STATUS`) after a preemption notice, its checkpoint saved.
 """
 
+import errno
 import logging as std_logging
 import os
 import sys
@@ -26,6 +27,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from l2jax import checkpoints
 from l2jax import configuration
 from l2jax import cpu
 from l2jax import preemption
@@ -70,6 +72,12 @@ def _only_l2jax_info(record) -> bool:
   """Keeps INFO lines from l2jax; orbax and TFDS print many of their own."""
   return record.levelno >= std_logging.WARNING or (
       f'{os.sep}l2jax{os.sep}' in record.pathname)
+
+
+# Errors of writing that the user can mend: a full disk or quota, a
+# read-only or forbidden folder, a file over its size limit.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                errno.EPERM, errno.EFBIG)
 
 
 def _fail(message: str):
@@ -129,6 +137,8 @@ def main(argv):
   del argv  # parse_flags has refused any.
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_only_l2jax_info)
+  logging.get_absl_handler().addFilter(checkpoints.no_save_tracebacks)
+  sys.unraisablehook = checkpoints.quiet_unraisable(sys.unraisablehook)
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   cpu.configure()  # Before JAX runs anything.
@@ -139,6 +149,12 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except L2JaxError as e:
     _fail(str(e))
+  except OSError as e:  # metrics.jsonl, summary.json, curves.png.
+    if e.errno not in WRITE_ERRNOS:
+      raise
+    _fail(f'cannot write {e.filename or "to " + FLAGS.workdir} ({e.strerror}); '
+          'free space or make the folder writable, then run the same command '
+          'to resume')
   except preemption.Preempted as e:
     print(f'l2jax: {e}', file=sys.stderr)
     sys.exit(preemption.EXIT_STATUS)

@@ -325,6 +325,7 @@ def _train(run: Run, model, state, train_rng) -> dict:
         evaluations, float(run.learning_rate(step - 1)), seconds,
         (step - first_step) * config.batch_size)
     metrics = records.StepMetrics()
+    run.checkpointer.wait()  # An epoch is recorded once it is saved.
     writer.write(record)
     _log_epoch(config, record)
     if epoch < config.num_epochs and run.preemption.reached(step):
