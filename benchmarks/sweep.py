@@ -9,7 +9,10 @@ one `l2jax.train.train_and_evaluate` call, the training code of
 - `cell.json` (this module's): its config, wall seconds and `status`:
   `done`, `diverged` (l2jax's DivergenceError: a result, never rerun) or
   `failed` (any other exception, with its one-line message: rerun by the
-  next call).
+  next call; the sweep goes on). A collapsed network (weights at 0) is
+  `done`: its undefined measures are null in metrics.jsonl, nan in its row.
+  Ctrl-C stops the sweep; so does a preemption notice (SIGTERM, SIGUSR1),
+  once the cell in training has saved its checkpoint (exit status 75).
 
 `run` trains the cells that are not done, through an executor:
 
@@ -46,6 +49,7 @@ import jax
 from l2jax import configuration
 from l2jax import data as data_lib
 from l2jax import outputs
+from l2jax import preemption
 from l2jax import train
 from l2jax.errors import DivergenceError, L2JaxError
 
@@ -137,8 +141,8 @@ def train_cell(folder: str, config, dataset=None,
   status, error = 'done', None
   try:
     final = train.train_and_evaluate(config, folder, dataset)['final']
-    result = (f'val {final.get("val_accuracy", math.nan):.4f}, '
-              f'test {final.get("test_accuracy", math.nan):.4f}')
+    result = (f'val {_number(final.get("val_accuracy")):.4f}, '
+              f'test {_number(final.get("test_accuracy")):.4f}')
   except DivergenceError as e:
     status, error, result = 'diverged', str(e), 'diverged'
   except Exception as e:  # pylint: disable=broad-except
@@ -151,6 +155,11 @@ def train_cell(folder: str, config, dataset=None,
   if not keep_checkpoints and status != 'failed':
     shutil.rmtree(os.path.join(folder, 'checkpoints'), ignore_errors=True)
   return record
+
+
+def _number(value) -> float:
+  """A value of metrics.jsonl as a float: nan for null or absent."""
+  return math.nan if value is None else value
 
 
 def _data_key(config) -> tuple:
@@ -191,7 +200,13 @@ def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
         dataset = data_lib.load(config)
       except L2JaxError:
         dataset = None  # train_cell meets the error again and records it.
-    progress.cell(name, train_cell(folder, config, dataset, keep_checkpoints))
+    try:
+      record = train_cell(folder, config, dataset, keep_checkpoints)
+    except preemption.Preempted as e:
+      # The cell's checkpoint is saved; the next call resumes it.
+      print(f'{name}: {e}', flush=True)
+      raise SystemExit(preemption.EXIT_STATUS) from e
+    progress.cell(name, record)
 
 
 def _job(jobs: Sequence[tuple], keep_checkpoints: bool, pin: str,
@@ -315,14 +330,13 @@ def row(out: str, cell: Cell, metrics: Sequence[str]) -> dict:
   status = 'done' if summary else record.get('status', 'not run')
   return {
       **cell.labels, 'status': status,
-      **{k: final.get(k, math.nan) if final.get(k) is not None else math.nan
-         for k in metrics},
+      **{k: _number(final.get(k)) for k in metrics},
       'epochs': len(epochs),
       'wall_seconds': record.get('wall_seconds', math.nan),
       # l2jax's per-epoch training time (epoch 1 includes compilation).
-      'train_seconds': sum(r['epoch_seconds'] for r in epochs),
+      'train_seconds': sum(_number(r['epoch_seconds']) for r in epochs),
       'images_per_second': statistics.median(
-          [r['images_per_second'] for r in epochs[1:] or epochs] or
+          [_number(r['images_per_second']) for r in epochs[1:] or epochs] or
           [math.nan]),
       'error': record.get('error') or '',
       'workdir': os.path.relpath(folder, out),

@@ -6,10 +6,16 @@ data order and the random keys derive from (seed, epoch, step), so that is
 all a resumed run needs to go on exactly as if it had not stopped.
 
 Orbax writes each checkpoint into a temporary folder and renames it when
-complete, so a run killed while saving leaves no partial checkpoint.
+complete, so a run killed while saving leaves no partial checkpoint; the
+temporary folders of saves that did not complete are deleted when the next
+run starts. A save that fails (a full disk, a folder made read-only) raises
+WriteError, in the call that saves or in the next (orbax saves in the
+background); the checkpoints saved before it stay as they were.
 """
 
+import contextlib
 import os
+import re
 from typing import Optional
 
 from absl import logging
@@ -17,7 +23,7 @@ from flax.training import train_state
 import jax
 import orbax.checkpoint as ocp
 
-from l2jax.errors import ConfigError, L2JaxError
+from l2jax.errors import ConfigError, L2JaxError, WriteError
 
 # The folder of a checkpoint holding {params, opt_state, step, batch_stats}.
 STATE = 'state'
@@ -39,16 +45,30 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            cleanup_tmp_directories=True))
+    self._saving = None  # The step of the last save started.
 
   def save(self, step: int, state: train_state.TrainState, config,
            epoch_metrics: dict) -> None:
-    """`epoch_metrics`: {name: [float per step of the epoch so far]}."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_contents(state)),
-        progress=ocp.args.JsonSave({'config': config.to_dict(),
-                                    'epoch_metrics': epoch_metrics})))
+    """`epoch_metrics`: {name: [float per step of the epoch so far]}.
+
+    Returns once the save has started; WriteError if it, or the save
+    before it, failed.
+    """
+    self.wait()  # As orbax's save would; an error then is the last save's.
+    with _write_errors(self.directory, step):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_contents(state)),
+          progress=ocp.args.JsonSave({'config': config.to_dict(),
+                                      'epoch_metrics': epoch_metrics})))
+    self._saving = step
+
+  def wait(self) -> None:
+    """Waits for the last save to complete; WriteError if it failed."""
+    with _write_errors(self.directory, self._saving):
+      self._manager.wait_until_finished()
 
   def check_config(self, config) -> Optional[int]:
     """The last checkpoint's step (None if there is none); ConfigError if it
@@ -116,15 +136,66 @@ class Checkpointer:
     return None, None
 
   def close(self) -> None:
-    """Waits for the last save, then releases orbax's resources."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the last save, then releases orbax's resources;
+    WriteError if the save failed."""
+    try:
+      self.wait()
+    finally:
+      with _write_errors(self.directory, self._saving):
+        self._manager.close()
 
   def __enter__(self) -> 'Checkpointer':
     return self
 
-  def __exit__(self, *exc_info) -> None:
-    self.close()  # Also on errors: the last save completes.
+  def __exit__(self, exc_type, *exc_info) -> None:
+    # Also on errors: the last save completes. If it fails, the error that
+    # ended the `with` block is the one to report.
+    try:
+      self.close()
+    except WriteError:
+      if exc_type is None:
+        raise
+
+
+def no_save_tracebacks(record) -> bool:
+  """A logging filter: drops orbax's tracebacks of a save that failed (it
+  logs one per thread); `Checkpointer` raises the failure, in one line if it
+  is a WriteError."""
+  return not (record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname)
+
+
+def quiet_unraisable(default):
+  """A sys.unraisablehook that drops TensorStore's reports of writes that
+  end after a failed save has closed orbax's event loop (`Checkpointer`
+  raises the failure), and passes any other to `default`."""
+  def hook(unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      default(unraisable)
+  return hook
+
+
+@contextlib.contextmanager
+def _write_errors(directory: str, step: Optional[int]):
+  """Turns an error of orbax writing the checkpoint of `step` into
+  `directory` into WriteError: an OSError, or TensorStore's error that
+  carries the OS's `os_error_code`. Other errors pass unchanged."""
+  try:
+    yield
+  except Exception as error:  # pylint: disable=broad-except
+    text = str(error)
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if isinstance(error, OSError) and error.strerror:
+      reason = error.strerror
+    elif code:
+      reason = os.strerror(int(code[1]))
+    else:
+      raise
+    which = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
+    raise WriteError(
+        f'cannot write {which} to {directory} ({reason}); the checkpoints '
+        'saved before are intact: free space or make the folder writable, '
+        'then run the same command to resume') from error
 
 
 def _contents(state: train_state.TrainState) -> dict:

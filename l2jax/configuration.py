@@ -5,6 +5,8 @@ import numbers
 import os
 from typing import Optional
 
+import ml_collections
+
 from l2jax import data
 from l2jax import models
 from l2jax import optim
@@ -12,42 +14,103 @@ from l2jax import regularization
 from l2jax.errors import ConfigError
 
 
+# Every key a config must have, by group ('' for the top level): those
+# configs/cifar.py sets.
+KEYS = {
+    '': ('dataset', 'data_dir', 'manual_dir', 'validation_fraction',
+         'max_train_examples', 'augment', 'model', 'batch_norm', 'dropout',
+         'layers', 'optimizer', 'learning_rate', 'momentum', 'nesterov',
+         'schedule', 'warmup_epochs', 'step_boundaries', 'step_decay',
+         'batch_size', 'eval_batch_size', 'num_epochs', 'eval_every_epochs',
+         'noise_sigmas', 'seed', 'checkpoint_every_steps',
+         'checkpoints_to_keep'),
+    'adam': ('b1', 'b2', 'eps'),
+    'l2': ('mode', 'weight', 'mask', 'normalized', 'schedule'),
+    'l1': ('weight', 'mask'),
+    'l2sp': ('weight', 'mode', 'mask', 'init_from'),
+    'activity_l2': ('weight',),
+}
+# The step counter is int32 (flax's TrainState, optax's schedules).
+MAX_STEPS = 2**31 - 1
+
+
+def _show(value) -> str:
+  """`value` as the message shows it, on one line (a ConfigDict's own repr
+  takes several)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return repr(value)
+
+
 def _require(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)
 
 
-def _number(config, name: str, low=None, high=None, integer=False,
-            low_open=False, high_open=False) -> None:
+def _value(config, name: str):
+  """config.<name>, `name` dotted."""
   value = config
   for part in name.split('.'):
     value = value[part]
+  return value
+
+
+def _number(config, name: str, low=None, high=None, integer=False,
+            low_open=False, high_open=False) -> None:
+  value = _value(config, name)
   kind = numbers.Integral if integer else numbers.Real
   _require(isinstance(value, kind) and not isinstance(value, bool)
            and math.isfinite(value),
-           f'config.{name}={value!r} must be '
+           f'config.{name}={_show(value)} must be '
            f'{"an integer" if integer else "a finite number"}')
   upper = 'inf)' if high is None else f'{high}' + (')' if high_open else ']')
   interval = ('(' if low_open else '[') + f'{low}, {upper}'
   _require(low is None or (value > low if low_open else value >= low),
-           f'config.{name}={value!r} must lie in {interval}')
+           f'config.{name}={_show(value)} must lie in {interval}')
   _require(high is None or (value < high if high_open else value <= high),
-           f'config.{name}={value!r} must lie in {interval}')
+           f'config.{name}={_show(value)} must lie in {interval}')
 
 
 def _choice(value, name: str, choices) -> None:
   _require(value in choices,
-           f'config.{name}={value!r} is not one of {", ".join(choices)}')
+           f'config.{name}={_show(value)} is not one of {", ".join(choices)}')
+
+
+def _require_keys(config) -> None:
+  """Every key of KEYS is there, each group a group of keys."""
+  for group, names in KEYS.items():
+    values = config[group] if group else config
+    _require(isinstance(values, ml_collections.ConfigDict),
+             f'config.{group}={_show(values)} must be a group of keys '
+             f'({", ".join(names)}), as in configs/cifar.py')
+    for name in names:
+      _require(name in values,
+               f'config.{group + "." if group else ""}{name} is missing; set '
+               'every key that configs/cifar.py sets')
+
+
+def _boolean(config, name: str) -> None:
+  value = _value(config, name)
+  _require(isinstance(value, bool),
+           f'config.{name}={_show(value)} must be True or False')
 
 
 def validate(config, num_devices: int) -> None:
   """Raises ConfigError naming the first value that cannot be run."""
+  _require_keys(config)
   _require(isinstance(config.dataset, str) and config.dataset,
-           'config.dataset is empty; name a TFDS data set or folder:PATH')
+           f'config.dataset={_show(config.dataset)} must name a TFDS data set '
+           'or folder:PATH')
   for name in ('data_dir', 'manual_dir'):
+    _require(isinstance(config[name], str),
+             f'config.{name}={_show(config[name])} must be a path, or empty')
     _require(not (config.dataset.startswith(data.FOLDER_PREFIX) and config[name]),
-             f'config.{name}={config[name]!r} has no effect with '
-             f'config.dataset={config.dataset}; it is for TFDS data sets')
+             f'config.{name}={_show(config[name])} has no effect with '
+             f'config.dataset={_show(config.dataset)}; it is for TFDS data '
+             'sets')
+  for name in ('augment', 'batch_norm', 'nesterov'):
+    _boolean(config, name)
+  _number(config, 'dropout', low=0, high=1, high_open=True)
   _choice(config.model, 'model', tuple(models.MODELS))
   _choice(config.layers, 'layers', models.LAYER_CHOICES)
   _choice(config.optimizer, 'optimizer', optim.OPTIMIZERS)
@@ -74,21 +137,22 @@ def validate(config, num_devices: int) -> None:
   _require(isinstance(config.noise_sigmas, (tuple, list)) and all(
       isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 <= s <= 1
       for s in config.noise_sigmas),
-           f'config.noise_sigmas={config.noise_sigmas!r} must be a tuple of '
-           'noise levels in [0, 1] (fractions of the pixel range), or ()')
+           f'config.noise_sigmas={_show(config.noise_sigmas)} must be a tuple '
+           'of noise levels in [0, 1] (fractions of the pixel range), or ()')
   _number(config, 'warmup_epochs', low=0)
   _require(config.warmup_epochs < config.num_epochs,
            f'config.warmup_epochs={config.warmup_epochs} must be shorter than '
            f'config.num_epochs={config.num_epochs}')
-  _require(all(isinstance(b, numbers.Real) and 0 < b < 1
-               for b in config.step_boundaries),
-           f'config.step_boundaries={tuple(config.step_boundaries)} must be '
+  _require(isinstance(config.step_boundaries, (tuple, list)) and all(
+      isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 < b < 1
+      for b in config.step_boundaries),
+           f'config.step_boundaries={_show(config.step_boundaries)} must be '
            'fractions of training in (0, 1)')
   _require(config.schedule != 'step' or all(
       b * config.num_epochs > config.warmup_epochs
       for b in config.step_boundaries),
-           f'config.step_boundaries={tuple(config.step_boundaries)} has a '
-           'boundary within the warmup (config.warmup_epochs='
+           f'config.step_boundaries={_show(tuple(config.step_boundaries))} '
+           'has a boundary within the warmup (config.warmup_epochs='
            f'{config.warmup_epochs} of config.num_epochs={config.num_epochs}); '
            'put every boundary after it')
   _number(config, 'step_decay', low=0)
@@ -99,7 +163,8 @@ def validate(config, num_devices: int) -> None:
            'config.validation_fraction) or 2 or more folds')
   _number(config, 'fold', low=0, high=max(config.folds - 1, 0), integer=True)
   _number(config, 'max_train_examples', low=0, integer=True)
-  _number(config, 'seed', low=0, integer=True)
+  # jax.random.key takes a C long.
+  _number(config, 'seed', low=0, high=2**63 - 1, integer=True)
   _number(config, 'checkpoints_to_keep', low=1, integer=True)
   _number(config, 'checkpoint_every_steps', low=0, integer=True)
   _number(config, 'log_every_steps', low=1, integer=True)
@@ -112,8 +177,7 @@ def validate(config, num_devices: int) -> None:
 
 def _regularizers(config) -> None:
   """L2's normalization and schedule, L1, L2-SP and activity L2."""
-  _require(isinstance(config.l2.normalized, bool),
-           f'config.l2.normalized={config.l2.normalized!r} must be True or False')
+  _boolean(config, 'l2.normalized')
   _choice(config.l2.schedule, 'l2.schedule', optim.L2_SCHEDULES)
   _require(config.l2.schedule != 'constant'
            or config.l2.mode in optim.DECOUPLED_MODES,
@@ -126,12 +190,12 @@ def _regularizers(config) -> None:
   _choice(config.l2sp.mode, 'l2sp.mode', optim.L2SP_MODES)
   init_from = config.l2sp.init_from
   _require(isinstance(init_from, str),
-           f'config.l2sp.init_from={init_from!r} must be a path or empty')
+           f'config.l2sp.init_from={_show(init_from)} must be a path or empty')
   _require(not config.l2sp.weight or init_from,
            f'config.l2sp.weight={config.l2sp.weight} needs '
            'config.l2sp.init_from, the workdir or checkpoint that w₀ comes from')
   _require(not init_from or os.path.exists(os.path.expanduser(init_from)),
-           f'config.l2sp.init_from={init_from} does not exist; name the '
+           f'config.l2sp.init_from={_show(init_from)} does not exist; name the '
            'workdir of an earlier run or one of its checkpoints')
 
 

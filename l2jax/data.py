@@ -50,10 +50,17 @@ class Dataset:
     return self.train.images.shape[1:]
 
   def channel_stats(self) -> tuple:
-    """Per-channel mean and std of the training images, in [0, 1] units."""
+    """Per-channel mean and std of the training images, in [0, 1] units.
+
+    A channel that is the same in every pixel has std 0; it is given 1,
+    so that normalizing makes it 0 rather than dividing by 0.
+    """
     pixels = self.train.images.reshape(-1, self.train.images.shape[-1])
+    # Compared as integers: a float std of equal values need not be 0.
+    constant = pixels.min(0) == pixels.max(0)
     pixels = pixels.astype(np.float64) / 255.0
-    return pixels.mean(0).astype(np.float32), pixels.std(0).astype(np.float32)
+    return (pixels.mean(0).astype(np.float32),
+            np.where(constant, 1.0, pixels.std(0)).astype(np.float32))
 
 
 def load(config) -> Dataset:
@@ -88,7 +95,8 @@ def split_fold(train: Split, folds: int, fold: int):
 
 
 def split_validation(train: Split, fraction: float, seed: int):
-  """Holds out `fraction` of train, chosen by a fixed-seed shuffle."""
+  """Holds out `fraction` of train, chosen by a fixed-seed shuffle (an empty
+  split when fraction × N rounds to 0: its loss and accuracy are null)."""
   if not fraction:
     return train, None
   order = np.random.default_rng(seed).permutation(len(train))

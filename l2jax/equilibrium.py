@@ -130,7 +130,8 @@ class Equilibrium:
   b2: float = 0.999
 
   def group_shrink(self, step, params, opt_state) -> dict:
-    """{group: s_t}, the ‖w‖²-weighted mean of its kernels' shrinks."""
+    """{group: s_t}, the ‖w‖²-weighted mean of its kernels' shrinks; nan
+    (recorded as null) for a group whose kernels are all 0."""
     s = self.shrink(step)
     scale = jax.tree.map(lambda m: s * m, self.mask)
     if self.per_coordinate:

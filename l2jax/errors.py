@@ -15,3 +15,12 @@ class DataError(L2JaxError):
 
 class DivergenceError(L2JaxError):
   """Training produced a non-finite loss or parameter."""
+
+
+class WorkdirInUse(L2JaxError):
+  """Another run holds the workdir's lock."""
+
+
+class WriteError(L2JaxError):
+  """A checkpoint or output could not be written: a full disk, a folder made
+  read-only. What was saved before stays intact."""

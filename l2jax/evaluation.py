@@ -58,7 +58,10 @@ def eval_variables(state) -> dict:
 def evaluate(p_eval_step, variables, split, batch_size: int,
              host: devices.Host = devices.Host(), sigma=None) -> dict:
   """Loss and accuracy on `split`; with `sigma`, `p_eval_step` is a pmapped
-  `noisy_eval_step` and the images carry noise of that σ."""
+  `noisy_eval_step` and the images carry noise of that σ. Both are nan
+  (recorded as null) for an empty split."""
+  if not len(split):
+    return {'loss': float('nan'), 'accuracy': float('nan')}
   sums = []
   for number, batch in enumerate(
       data_lib.eval_batches(split, batch_size, host)):
@@ -93,18 +96,29 @@ class Evaluator:
             key=jax.random.fold_in(jax.random.key(config.seed), NOISE_STREAM)),
         axis_name=devices.AXIS)
 
-  def noise(self, variables, split) -> dict:
-    """{'test_accuracy_noise<σ>': accuracy} for each configured σ."""
-    return dict(self._noisy(variables, split, sigma) for sigma in self.sigmas)
+  def noise(self, variables, split, batch_size: int = 0) -> dict:
+    """{'test_accuracy_noise<σ>': accuracy} for each configured σ, in
+    batches of `batch_size` (0: config.eval_batch_size)."""
+    return dict(self._noisy(variables, split, sigma, batch_size)
+                for sigma in self.sigmas)
 
-  def _noisy(self, variables, split, sigma) -> tuple:
+  def _noisy(self, variables, split, sigma, batch_size: int = 0) -> tuple:
     return f'test_accuracy_noise{sigma:g}', evaluate(
-        self.noisy, variables, split, self.batch_size, self.host,
-        sigma)['accuracy']
+        self.noisy, variables, split, batch_size or self.batch_size,
+        self.host, sigma)['accuracy']
 
   def __call__(self, state, splits: dict) -> dict:
-    """`splits`: {'val': Split or None, 'test': Split}; noise on 'test'."""
+    """`splits`: {'val': Split or None, 'test': Split}; noise on 'test'.
+
+    Batches are no larger than the largest split (rounded up to a multiple
+    of the devices): padding beyond it would be wasted work, and a huge
+    `eval_batch_size` would not fit in memory.
+    """
     variables = eval_variables(state)
+    devices_in_run = self.host.count * self.host.local_devices
+    largest = max(len(s) for s in splits.values() if s is not None)
+    batch_size = min(self.batch_size,
+                     max(-(-largest // devices_in_run), 1) * devices_in_run)
     passes = [(name, split, None) for name, split in splits.items()
               if split is not None]
     passes += [('test', splits['test'], sigma) for sigma in self.sigmas]
@@ -114,9 +128,9 @@ class Evaluator:
       bar.set_postfix_str(name if sigma is None else f'{name} σ={sigma:g}',
                           refresh=False)
       if sigma is None:
-        metrics = evaluate(self.clean, variables, split, self.batch_size,
+        metrics = evaluate(self.clean, variables, split, batch_size,
                            self.host)
         result.update({f'{name}_{k}': v for k, v in metrics.items()})
       else:
-        result.update([self._noisy(variables, split, sigma)])
+        result.update([self._noisy(variables, split, sigma, batch_size)])
     return result

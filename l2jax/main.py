@@ -11,8 +11,13 @@ on JAX's distributed runtime when each is started with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or
 JAX_COORDINATOR_ADDRESS in the environment), or with `--distributed` where
 JAX detects the cluster itself (Slurm, Open MPI, Cloud TPU).
+
+Exit status: 0 when training finished; 1 after a one-line error (the input,
+a workdir in use, a full or read-only disk, divergence); 75
+(`preemption.EXIT_STATUS`) after a preemption notice, its checkpoint saved.
 """
 
+import errno
 import os
 import sys
 import tempfile
@@ -24,9 +29,11 @@ import jax
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from l2jax import checkpoints
 from l2jax import configuration
 from l2jax import cpu
 from l2jax import logs
+from l2jax import preemption
 from l2jax import train
 from l2jax.errors import ConfigError, L2JaxError
 
@@ -65,6 +72,12 @@ def initialize_distributed() -> None:
   logging.info('process %d of %d; %d of %d devices here',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+
+
+# Errors of writing that the user can mend: a full disk or quota, a
+# read-only or forbidden folder, a file over its size limit.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                errno.EPERM, errno.EFBIG)
 
 
 def _fail(message: str):
@@ -139,6 +152,8 @@ def remove_if_empty(folders: list) -> None:
 def main(argv):
   del argv  # parse_flags has refused any.
   logs.configure(FLAGS.log_all)
+  logging.get_absl_handler().addFilter(checkpoints.no_save_tracebacks)
+  sys.unraisablehook = checkpoints.quiet_unraisable(sys.unraisablehook)
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   cpu.configure()  # Before JAX runs anything.
@@ -152,6 +167,15 @@ def main(argv):
       remove_if_empty(created)
   except L2JaxError as e:
     _fail(str(e))
+  except OSError as e:  # metrics.jsonl, summary.json, curves.png.
+    if e.errno not in WRITE_ERRNOS:
+      raise
+    _fail(f'cannot write {e.filename or "to " + FLAGS.workdir} ({e.strerror}); '
+          'free space or make the folder writable, then run the same command '
+          'to resume')
+  except preemption.Preempted as e:
+    print(f'l2jax: {e}', file=sys.stderr)
+    sys.exit(preemption.EXIT_STATUS)
 
 
 def run():

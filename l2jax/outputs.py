@@ -31,7 +31,9 @@ class MetricsWriter:
 
   On resume from epoch k, records after k (written after the checkpoint a
   killed run resumes from) are dropped, so each epoch appears once. With
-  `write=False` (processes other than 0) it only keeps the records.
+  `write=False` (processes other than 0) it only keeps the records. The
+  file is rewritten whole at each record (`write_atomic`): a write that
+  fails, on a full disk, leaves the last complete file, never half a line.
   """
 
   def __init__(self, workdir: str, resume_epoch: int, write: bool = True):
@@ -45,8 +47,8 @@ class MetricsWriter:
   def write(self, record: dict) -> None:
     self.records.append(record)
     if self.path:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+      write_atomic(self.path, ''.join(json.dumps(r) + '\n'
+                                       for r in self.records))
 
 
 def read_summary(workdir: str):

@@ -100,8 +100,10 @@ def epoch_record(epoch: int, step: int, step_metrics: dict, measures: dict,
                  epoch_seconds: float, num_images: int) -> dict:
   """One line of metrics.jsonl: the means of the epoch's step metrics, the
   weight measures, the evaluations and the timing. A value that is not a
-  finite number (a Δθ of a zero-norm kernel, say) is recorded as None (null):
-  metrics.jsonl stays valid JSON."""
+  finite number is recorded as None (null), so metrics.jsonl stays valid
+  JSON: the Δθ or α_t/‖w‖² of a kernel group whose norm is 0, the loss and
+  accuracy of an empty split, the images per second of an epoch timed at
+  0 s."""
   measures = {k: v if isinstance(v, bool) else float(v)
               for k, v in measures.items()}
   record = {'epoch': epoch, 'step': step,
@@ -112,7 +114,7 @@ def epoch_record(epoch: int, step: int, step_metrics: dict, measures: dict,
                for k, v in measures.items() if k.startswith('kernel_norm/')},
             **evaluations, 'learning_rate': learning_rate,
             'epoch_seconds': epoch_seconds,
-            'images_per_second': num_images / epoch_seconds}
+            'images_per_second': _ratio(num_images, epoch_seconds)}
   return {k: None if isinstance(v, float) and not math.isfinite(v) else v
           for k, v in record.items()}
 

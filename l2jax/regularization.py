@@ -54,7 +54,8 @@ def decay_mask(spec: str) -> MaskFn:
   else:
     try:
       pattern = re.compile(spec)
-    except re.error as e:
+    except (re.error, OverflowError, RecursionError) as e:
+      # OverflowError: a repeat count such as a{4294967296}.
       raise ValueError(f'{spec!r} is not a valid regular expression ({e})') from e
     selects = lambda path: pattern.search(path) is not None
 
@@ -128,11 +129,12 @@ SPARSITY_THRESHOLD = 1e-3
 
 
 def sparsity(params, mask) -> jax.Array:
-  """The share of the masked parameters' elements with |w| < 10⁻³."""
+  """The share of the masked parameters' elements with |w| < 10⁻³; nan
+  (recorded as null) when the mask selects nothing."""
   small = masked_sum(lambda w: jnp.abs(w) < SPARSITY_THRESHOLD, params, mask)
   count = sum(w.size for w, m in zip(jax.tree_util.tree_leaves(params),
                                      jax.tree_util.tree_leaves(mask)) if m)
-  return small / count
+  return small / count if count else jnp.float32(jnp.nan)
 
 
 class Anchor(NamedTuple):

@@ -3,6 +3,7 @@ devices."""
 
 import dataclasses
 import functools
+import math
 import os
 import time
 from typing import Any, Callable, Optional
@@ -25,10 +26,12 @@ from l2jax import events as events_lib
 from l2jax import models
 from l2jax import optim
 from l2jax import outputs
+from l2jax import preemption
 from l2jax import pretrained
 from l2jax import progress
 from l2jax import records
 from l2jax import regularization
+from l2jax import workdir_lock
 from l2jax.errors import ConfigError, L2JaxError
 
 DROPOUT_STREAM = 2  # Folded into each step's key: dropout's stream.
@@ -168,6 +171,7 @@ class Run:
   # `scale_invariant_share` (`structure`).
   structure: dict
   events: events_lib.EventWriter
+  preemption: preemption.Notice
 
 
 def checked_save(run: Run, state, step: int, step_metrics: dict,
@@ -192,7 +196,8 @@ def train_epoch(run: Run, p_train_step, state, rng, epoch: int, step: int,
                 metrics: records.StepMetrics, last_checkpoint: int):
   """Trains from global step `step` to the end of `epoch`, saving every
   `config.checkpoint_every_steps` steps but the last (the caller saves it).
-  Returns (state, the last checkpoint's step)."""
+  Returns (state, the last checkpoint's step). After a preemption notice,
+  saves the step and raises Preempted (`stop`)."""
   config, end = run.config, epoch * run.steps_per_epoch
   batches = data_lib.train_batches(
       run.dataset.train, config.batch_size, config.seed, epoch,
@@ -204,10 +209,23 @@ def train_epoch(run: Run, p_train_step, state, rng, epoch: int, step: int,
     metrics.add(step_metrics)
     step += 1
     every = config.checkpoint_every_steps
-    if every and step % every == 0 and step != end:
+    # The epoch's last step is the caller's: it saves, evaluates and records
+    # it before it stops.
+    preempted = step != end and run.preemption.reached(step)
+    if preempted or (every and step % every == 0 and step != end):
       checked_save(run, state, step, metrics.fetch(), last_checkpoint)
       last_checkpoint = step
+    if preempted:
+      stop(run, step)
   return state, last_checkpoint
+
+
+def stop(run: Run, step: int) -> None:
+  """Waits for the checkpoint of `step` to be written, then raises
+  Preempted."""
+  run.checkpointer.wait()
+  raise preemption.Preempted(step, run.preemption.name(),
+                             run.checkpointer.directory)
 
 
 def train_and_evaluate(config, workdir: str,
@@ -220,13 +238,24 @@ def train_and_evaluate(config, workdir: str,
   run every process calls this, and process 0 writes. Returns the summary
   written to summary.json. A finished run (`finished_summary`) is left as
   it is, and its summary returned.
+
+  Holds the workdir's lock throughout (WorkdirInUse, before any work, if
+  another run holds it), and stops with Preempted after a preemption notice
+  (`l2jax.preemption`), its last step saved.
   """
-  summary = finished_summary(config, workdir)
-  if summary:
-    logging.info('run complete: %s (epoch %d, step %d, test accuracy %.4f); '
-                 'its outputs stay as they are', workdir, config.num_epochs,
-                 summary['final']['step'], summary['final']['test_accuracy'])
-    return summary
+  with (preemption.Notice() as notice,
+        workdir_lock.hold(workdir, devices.host())):
+    summary = finished_summary(config, workdir)
+    if summary:
+      logging.info('run complete: %s (epoch %d, step %d, test accuracy %s); '
+                   'its outputs stay as they are', workdir, config.num_epochs,
+                   summary['final']['step'],
+                   summary['final'].get('test_accuracy'))
+      return summary
+    return _train_and_evaluate(config, workdir, dataset, notice)
+
+
+def _train_and_evaluate(config, workdir: str, dataset, notice) -> dict:
   # Data, model and penalties first: a mistake there leaves the workdir
   # untouched.
   dataset = dataset or data_lib.load(config)
@@ -235,6 +264,11 @@ def train_and_evaluate(config, workdir: str,
     raise ConfigError(
         f'config.batch_size={config.batch_size} is larger than the '
         f'{len(dataset.train)} training examples; lower it')
+  if config.num_epochs * steps_per_epoch > configuration.MAX_STEPS:
+    raise ConfigError(
+        f'config.num_epochs={config.num_epochs} of {steps_per_epoch} steps '
+        f'is more than the {configuration.MAX_STEPS} steps a run can count; '
+        'lower it')
   logging.info('data: %d train, %d validation, %d test, shape %s, %d classes',
                len(dataset.train), len(dataset.validation or ()),
                len(dataset.test), dataset.image_shape, dataset.num_classes)
@@ -247,7 +281,7 @@ def train_and_evaluate(config, workdir: str,
       events_lib.EventWriter(workdir, config, host.index == 0) as events:
     run = Run(config, workdir, dataset, steps_per_epoch, learning_rate,
               penalties, ckpt, host,
-              structure(model, state, dataset, penalties), events)
+              structure(model, state, dataset, penalties), events, notice)
     return _train(run, model, state, train_rng)
 
 
@@ -314,14 +348,18 @@ def _train(run: Run, model, state, train_rng) -> dict:
         epoch, step, metrics.values, {**measures, **run.structure},
         evaluations, float(run.learning_rate(step - 1)), seconds,
         (step - first_step) * config.batch_size)
+    run.checkpointer.wait()  # An epoch is recorded once it is saved.
     writer.write(record)
     run.events.write(record, metrics.values['train_loss'])
     metrics = records.StepMetrics()
     _log_epoch(config, record)
+    if epoch < config.num_epochs and run.preemption.reached(step):
+      stop(run, step)
   return _finish(run, state, writer.records)
 
 
 def _log_epoch(config, record: dict) -> None:
+  record = {k: math.nan if v is None else v for k, v in record.items()}
   logging.info(
       'epoch %d/%d: loss %.4f, train %.4f, val %s, test %s, ‖w‖ %.3f, '
       'lr %.4g, %.1f s, %.0f images/s', record['epoch'], config.num_epochs,

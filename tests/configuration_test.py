@@ -44,7 +44,7 @@ def test_the_default_config_and_every_new_regularizer_together_pass(tmp_path):
     (dict(l2sp__mode='coupled'), "config.l2sp.mode='coupled' is not one of"),
     (dict(l2sp__mask=''), 'config.l2sp.mask is empty'),
     (dict(l2sp__init_from='/nonexistent/run'),
-     'config.l2sp.init_from=/nonexistent/run does not exist'),
+     "config.l2sp.init_from='/nonexistent/run' does not exist"),
     (dict(activity_l2__weight='big'), "config.activity_l2.weight='big' must be"),
     (dict(noise_sigmas=(0.1, 2.0)), 'config.noise_sigmas=(0.1, 2.0) must be'),
     (dict(noise_sigmas=0.1), 'config.noise_sigmas=0.1 must be'),

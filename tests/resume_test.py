@@ -1,8 +1,14 @@
-"""A killed or damaged run resumes to exactly the uninterrupted run's result."""
+"""A killed, preempted, damaged or out-of-space run resumes to exactly the
+uninterrupted run's result; a second run on a workdir in use is refused."""
 
+import errno
+import hashlib
+import os
 import pathlib
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import time
 
@@ -81,6 +87,10 @@ def test_killed_run_resumes_to_the_same_parameters_and_metrics(
 
   resumed = run_cli(tmp_path, *args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  # The killed run could not release the workdir's lock file: the OS
+  # released the lock itself, and the next run takes it over.
+  assert re.search(rf'held by pid {process.pid} on host \S+, which ended '
+                   'without releasing it', resumed.stderr), resumed.stderr
   step = int(re.search(r'resuming from the checkpoint of step (\d+)',
                        resumed.stderr)[1])
   assert step >= killed_at
@@ -115,3 +125,159 @@ def test_damaged_last_checkpoint_falls_back_to_the_one_before(
   result = run_cli(workdir, *overrides(cifar_small))
   assert_clean_error(result, 'metrics.jsonl', 'no checkpoint', '--workdir')
   assert (workdir / 'metrics.jsonl').read_text() == metrics
+
+
+# Faults in one chain of runs on one workdir, with checkpoints at epoch ends
+# only, on a small tmpfs where one can be mounted (as root).
+TMPFS_SIZE = '64m'
+
+
+def wait_for(condition, what: str, timeout: float = 300) -> None:
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, f'timed out waiting for {what}'
+    time.sleep(0.01)
+
+
+def files(folder) -> dict:
+  """{relative path: sha256} of every file under `folder`."""
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(pathlib.Path(folder).rglob('*')) if p.is_file()}
+
+
+def holds_lock(workdir) -> bool:
+  lock = workdir / '.lock'
+  return lock.exists() and lock.stat().st_size > 0
+
+
+def mount_tmpfs(folder) -> bool:
+  return subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={TMPFS_SIZE}',
+                         'tmpfs', str(folder)], capture_output=True,
+                        check=False).returncode == 0
+
+
+def fill(folder) -> None:
+  """Writes a file in `folder` until its file system has no space left."""
+  fd = os.open(folder / 'filler', os.O_WRONLY | os.O_CREAT)
+  try:
+    for size in (1 << 20, 1 << 12):
+      try:
+        while True:
+          os.write(fd, bytes(size))
+      except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+  finally:
+    os.close(fd)
+
+
+@pytest.fixture(scope='module')
+def faults(cifar_small, tmp_path_factory) -> dict:
+  """The same command, four times on one workdir:
+
+  - `first`: once it holds the workdir's lock (before it reads the data) it
+    is stopped (SIGSTOP), and `second` runs meanwhile; then `first` is sent
+    SIGTERM and continued;
+  - `full` (with a tmpfs): stopped once it holds the lock, the disk filled,
+    continued;
+  - `last`, with the space freed.
+
+  Returns each run's CompletedProcess and the workdir's files around
+  `second` and `full`.
+  """
+  root = tmp_path_factory.mktemp('faults')
+  mounted = mount_tmpfs(root)
+  workdir = root / 'run'
+  args = [a for a in overrides(cifar_small) if 'checkpoint_every' not in a]
+  args.append('--config.checkpoint_every_steps=0')
+  result = {'workdir': workdir, 'mounted': mounted}
+
+  def start():
+    return subprocess.Popen(**cli(workdir, *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+  def finish(process):
+    stderr = process.communicate(timeout=600)[1]
+    return subprocess.CompletedProcess(process.args, process.returncode, '',
+                                       stderr)
+
+  try:
+    first = start()
+    try:
+      wait_for(lambda: holds_lock(workdir), "the first run's lock")
+      first.send_signal(signal.SIGSTOP)
+      result['before_second'] = files(workdir)
+      result['second'] = run_cli(workdir, *args)
+      result['after_second'] = files(workdir)
+      first.send_signal(signal.SIGTERM)
+      first.send_signal(signal.SIGCONT)
+      result['first'] = finish(first)
+      result['first_pid'] = first.pid
+    finally:
+      first.kill()
+      first.wait()
+    if mounted:
+      full = start()
+      try:
+        wait_for(lambda: holds_lock(workdir), "the full run's lock")
+        full.send_signal(signal.SIGSTOP)
+        result['before_full'] = files(workdir / 'checkpoints')
+        fill(root)
+        full.send_signal(signal.SIGCONT)
+        result['full'] = finish(full)
+      finally:
+        full.kill()
+        full.wait()
+      result['after_full'] = files(workdir / 'checkpoints')
+      os.remove(root / 'filler')
+    result['last'] = run_cli(workdir, *args)
+    yield result
+  finally:
+    if mounted:
+      subprocess.run(['umount', '-l', str(root)], check=False)
+
+
+def test_a_second_run_on_a_workdir_in_use_stops_before_writing(faults):
+  second = faults['second']
+  assert_clean_error(second, 'l2jax: error:', 'is in use by another run',
+                     f'pid {faults["first_pid"]} on host '
+                     f'{socket.gethostname()}', '--workdir')
+  # It read nor wrote anything: the workdir holds the first run's lock alone.
+  assert faults['after_second'] == faults['before_second']
+  assert list(faults['before_second']) == ['.lock']
+
+
+def test_sigterm_saves_the_step_in_progress_and_exits_75(faults):
+  first = faults['first']
+  assert first.returncode == 75, first.stderr[-3000:]
+  assert 'Traceback' not in first.stderr, first.stderr[-3000:]
+  last_line = first.stderr.strip().splitlines()[-1]
+  match = re.fullmatch(
+      r'l2jax: preempted \(SIGTERM\) at step (\d+); saved the checkpoint '
+      r'\S+/checkpoints/(\d+); run the same command to resume', last_line)
+  assert match and match[1] == match[2], last_line
+  # Mid-epoch, with checkpoints due only at epoch ends.
+  assert 1 <= int(match[1]) < STEPS_PER_EPOCH
+
+
+def test_a_full_disk_stops_the_run_in_one_line_keeping_its_checkpoints(
+    faults):
+  if not faults['mounted']:
+    pytest.skip('mounting a tmpfs needs root')
+  full = faults['full']
+  assert_clean_error(full, 'l2jax: error: cannot write the checkpoint of step '
+                     f'{STEPS_PER_EPOCH}', '(No space left on device)',
+                     'run the same command to resume')
+  # The checkpoint saved before (SIGTERM's) is there, byte for byte.
+  saved = {k: v for k, v in faults['after_full'].items()
+           if k.split('/')[0].isdigit()}
+  assert saved == faults['before_full'] and saved
+
+
+def test_the_same_command_then_resumes_to_the_uninterrupted_run(
+    faults, uninterrupted):
+  last = faults['last']
+  assert last.returncode == 0, last.stderr[-3000:]
+  step = re.search(r'preempted \(SIGTERM\) at step (\d+)',
+                   faults['first'].stderr)[1]
+  assert f'resuming from the checkpoint of step {step} ' in last.stderr
+  assert_same_run(faults['workdir'], uninterrupted)
