@@ -18,12 +18,12 @@ from l2jax.errors import ConfigError
 # configs/cifar.py sets.
 KEYS = {
     '': ('dataset', 'data_dir', 'manual_dir', 'validation_fraction',
-         'max_train_examples', 'augment', 'model', 'batch_norm', 'dropout',
+         'folds', 'fold', 'max_train_examples', 'augment', 'model', 'batch_norm', 'dropout',
          'layers', 'optimizer', 'learning_rate', 'momentum', 'nesterov',
          'schedule', 'warmup_epochs', 'step_boundaries', 'step_decay',
          'batch_size', 'eval_batch_size', 'num_epochs', 'eval_every_epochs',
          'noise_sigmas', 'seed', 'checkpoint_every_steps',
-         'checkpoints_to_keep'),
+         'checkpoints_to_keep', 'log_every_steps'),
     'adam': ('b1', 'b2', 'eps'),
     'l2': ('mode', 'weight', 'mask', 'normalized', 'schedule'),
     'l1': ('weight', 'mask'),
