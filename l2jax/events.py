@@ -7,9 +7,11 @@ HParams, so that `tensorboard --logdir runs/` compares a sweep's runs
 the events are written from the same records, once an epoch.
 """
 
+import contextlib
 import numbers
 
 from l2jax import logs
+from l2jax.errors import WriteError
 
 STEP_LOSS = 'step/train_loss'  # A step's loss; `train_loss`: an epoch's mean.
 
@@ -31,22 +33,39 @@ class EventWriter:
     # clu's summary writer imports TensorFlow (seconds): only when a run
     # starts, after `logs` has set TensorFlow's log level.
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    self._writer = metric_writers.create_default_writer(
-        workdir, just_logging=not write)
-    self._every = config.log_every_steps
-    # Flattened by clu (`l2.weight`, `noise_sigmas.0`); one session per start.
-    self._writer.write_hparams(config.to_dict())
+    self._workdir, self._every = workdir, config.log_every_steps
+    with self._writing():
+      self._writer = metric_writers.create_default_writer(
+          workdir, just_logging=not write)
+      # Flattened by clu (`l2.weight`, `noise_sigmas.0`); one session a start.
+      self._writer.write_hparams(config.to_dict())
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """TensorFlow's errors of a full or unwritable disk, as one line."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    try:
+      yield
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
+            tf.errors.FailedPreconditionError, tf.errors.UnknownError) as e:
+      reason = str(e.message).split(';')[-1].strip().splitlines()[0]
+      raise WriteError(
+          f'cannot write TensorBoard events to {self._workdir} ({reason}); '
+          'free space or make the folder writable, then run the same command '
+          'to resume') from e
 
   def write(self, record: dict, step_losses) -> None:
     """`record`: an epoch's line of metrics.jsonl; `step_losses`: the loss
     of each of the epoch's steps, the last being step `record['step']`."""
     last = record['step']
     first = last - len(step_losses) + 1
-    for step in range(-(-first // self._every) * self._every, last + 1,
-                      self._every):
-      self._writer.write_scalars(step, {STEP_LOSS: step_losses[step - first]})
-    self._writer.write_scalars(last, scalars(record))
-    self._writer.flush()  # TensorBoard sees each epoch as it ends.
+    with self._writing():
+      for step in range(-(-first // self._every) * self._every, last + 1,
+                        self._every):
+        self._writer.write_scalars(step,
+                                   {STEP_LOSS: step_losses[step - first]})
+      self._writer.write_scalars(last, scalars(record))
+      self._writer.flush()  # TensorBoard sees each epoch as it ends.
 
   def close(self) -> None:
     self._writer.close()
