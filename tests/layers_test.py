@@ -115,6 +115,18 @@ def test_max_pool_gradient_goes_to_the_first_maximum_in_row_major_order(pool):
   np.testing.assert_array_equal(dx.reshape(2, 2), [[0., 1.], [0., 0.]])
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@pytest.mark.parametrize('jit', [True, False])
+def test_relu_value_and_gradient_equal_jax_nn_relu(dtype, jit):
+  """Exactly, zeros included (their gradient is 0, as jax.nn.relu's)."""
+  with jax.enable_x64(dtype == 'float64'):
+    x = jnp.asarray(np.random.default_rng(3).integers(-2, 3, (4, 5, 6, 3))
+                    * 0.5, dtype)
+    assert jnp.any(x == 0)
+    chex.assert_trees_all_equal(value_and_vjp(layers.relu, x, jit=jit),
+                                value_and_vjp(jax.nn.relu, x, jit=jit))
+
+
 def assert_close(actual, expected, tolerance=1e-5):
   """Float tolerance scaled by each array's magnitude."""
   chex.assert_trees_all_equal_structs(actual, expected)

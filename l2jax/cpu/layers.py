@@ -15,6 +15,12 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
   (and the ReLU and bias before it) from the 4× larger map, in transposed
   order. Gradient: each window's whole gradient goes to its first maximum in
   row-major order, as XLA's select-and-scatter does (ties included).
+- `relu`: jax.nn.relu (value and gradient), for the ReLU after a batch norm
+  (and a residual sum), computed as a reduction. XLA copies elementwise
+  producers into each consumer: an elementwise ReLU, and with it the batch
+  norms and residual sums before it, back to the start of a residual stage,
+  would be recomputed inside each transpose that XLA puts before a kernel
+  gradient, in transposed order. It does not copy reductions.
 - `conv_general_dilated`: `lax.conv_general_dilated`, except for two kinds
   of stride-1 NHWC convolution. A drop-in `nn.Conv(conv_general_dilated=...)`:
   parameter names and shapes stay nn.Conv's.
@@ -34,8 +40,8 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
   into a slow reduce-window that runs over the channels last (the two steps
   are also closer to a float64 sum).
 
-`broadcast_channels`, `max_pool_2x2` and `winograd.winograd_conv` are custom
-VJPs: reverse-mode differentiation only (`jax.grad`, `jax.vjp`, and
+`broadcast_channels`, `max_pool_2x2`, `relu` and `winograd.winograd_conv`
+are custom VJPs: reverse-mode differentiation only (`jax.grad`, `jax.vjp`, and
 forward-over-reverse), not `jax.jvp` or `jax.jacfwd`.
 """
 
@@ -92,6 +98,29 @@ def _max_pool_bwd(res, g):
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# ReLU.
+
+@jax.custom_vjp
+def relu(x):
+  """max(x, 0), as jax.nn.relu, as the maximum over a stacked (x, 0) pair:
+  XLA does not copy a reduction into its consumers, so this writes its
+  output once (see the module docstring)."""
+  return jnp.stack([x, jnp.zeros_like(x)]).max(0)
+
+
+def _relu_fwd(x):
+  y = relu(x)
+  return y, y
+
+
+def _relu_bwd(y, g):
+  # jax.nn.relu's gradient, 0 at 0 (a reduction's would split ties).
+  return (jnp.where(y > 0, g, jnp.zeros((), g.dtype)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
 
 
 # Convolution: a patch product on inputs smaller than the kernel, Winograd
