@@ -30,16 +30,17 @@ PATCH_CONVS = [
     (dict(features=4, kernel_size=(3, 3), padding=((2, 0), (1, 1))),
      (2, 2, 2, 3)),
 ]
-# 3×3, stride 1, padding 1, H and W multiples of 4, 32 or more channels in
+# 3×3, stride 1, padding 1, H and W multiples of 4, 16 or more channels in
 # and out: winograd.winograd_conv.
 WINOGRAD_CONVS = [
     (dict(features=32, kernel_size=(3, 3)), (2, 8, 12, 32)),
+    (dict(features=16, kernel_size=(3, 3)), (2, 8, 8, 16)),
     (dict(features=48, kernel_size=(3, 3), padding=((1, 1), (1, 1))),
      (1, 4, 4, 64)),
 ]
 LAX_CONVS = [
     (dict(features=8, kernel_size=(3, 3)), (3, 16, 16, 64)),
-    (dict(features=32, kernel_size=(3, 3)), (2, 16, 16, 16)),
+    (dict(features=32, kernel_size=(3, 3)), (2, 16, 16, 8)),
     (dict(features=32, kernel_size=(3, 3)), (2, 6, 8, 32)),
     (dict(features=32, kernel_size=(3, 3), padding='VALID'), (2, 8, 8, 32)),
     (dict(features=6, kernel_size=(3, 3), strides=2), (2, 2, 2, 4)),
@@ -204,6 +205,7 @@ def float64_conv_and_gradients(x, kernel, g):
 
 @pytest.mark.parametrize('shape, features, dtype, tolerance', [
     ((4, 16, 16, 64), 128, jnp.float32, 2e-5),  # The seed network's conv2.
+    ((2, 32, 32, 16), 16, jnp.float32, 2e-5),  # ResNet-20's first stage.
     ((3, 8, 12, 32), 48, jnp.float32, 2e-5),
     ((2, 4, 4, 40), 33, jnp.float32, 2e-5),
     ((1, 4, 8, 1), 2, jnp.float32, 2e-5),
