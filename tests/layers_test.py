@@ -261,6 +261,17 @@ def test_biased_conv_equals_nn_conv(kwargs, shape):
                value_and_vjp(apply(Reference()), params, x, jit=True))
 
 
+@pytest.mark.parametrize('shape', [(4, 6, 5, 3), (7, 2), (32, 4, 4, 16),
+                                   (33, 4, 4, 16), (40, 3, 2, 5)])
+def test_sum_to_channels_equals_a_float64_sum(shape):
+  """Both ways: a product with ones (batch ≤ 32), two sums (batch > 32)."""
+  x = normal(11, shape)
+  expected = np.asarray(x, np.float64).reshape(-1, shape[-1]).sum(0)
+  for f in (layers.sum_to_channels, jax.jit(layers.sum_to_channels)):
+    np.testing.assert_allclose(f(x), expected, rtol=0,
+                               atol=1e-6 * np.sqrt(x.size))
+
+
 @pytest.mark.parametrize('train', [True, False])
 @pytest.mark.parametrize('shape', [(4, 6, 5, 3), (7, 2)])
 def test_batch_norm_equals_flax_batch_norm(train, shape):

@@ -39,7 +39,9 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
   statistics and their gradients) through `sum_to_channels`: over the batch
   first, then over the positions, because XLA turns one sum over (N, H, W)
   into a slow reduce-window that runs over the channels last (the two steps
-  are also closer to a float64 sum).
+  are also closer to a float64 sum); for batches of 32 or fewer, where XLA
+  fuses the two steps back into one slow loop nest, as a matrix product
+  with a vector of ones.
 
 `broadcast_channels`, `max_pool_2x2`, `relu` and `winograd.winograd_conv`
 are custom VJPs: reverse-mode differentiation only (`jax.grad`, `jax.vjp`, and
@@ -173,11 +175,23 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
 # Sums and broadcasts over all axes but the channels.
 
+# XLA's CPU backend splits a sum over an axis longer than this into partial
+# sums and a sum, which run fast; over a shorter one it runs the sums over N
+# and over the positions as one slow loop nest.
+_SPLIT_SUMS_ABOVE = 32
+
+
 def sum_to_channels(x):
-  """(N, ..., C) -> (C,): the sum over N, then over the other axes but C.
-  The barrier keeps XLA from merging the two sums into one."""
+  """(N, ..., C) -> (C,): for N > 32, the sum over N, then over the other
+  axes but C (the barrier keeps XLA from merging the two sums into one);
+  for N ≤ 32, one product of a vector of ones with x as a (rows, C)
+  matrix."""
+  c = x.shape[-1]
+  if x.shape[0] <= _SPLIT_SUMS_ABOVE:
+    rows = x.reshape(-1, c)
+    return jnp.ones((rows.shape[0],), x.dtype) @ rows
   partial = lax.optimization_barrier(x.sum(0))
-  return partial.reshape(-1, x.shape[-1]).sum(0)
+  return partial.reshape(-1, c).sum(0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
