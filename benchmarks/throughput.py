@@ -7,7 +7,7 @@
 Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
 synthetic uint8 CIFAR-shaped batch and, when PyTorch is installed, the same
-network and optimizer in PyTorch, side by side and interleaved: after each
+network and optimizer in PyTorch (`torch_twins`), side by side and interleaved: after each
 column's first call (which compiles), `--rounds` rounds of a block of
 `--steps` calls of each column, the order alternating from round to round,
 each call ended by `jax.block_until_ready`. On a shared machine the load
@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from benchmarks import sweep
+from benchmarks import torch_twins
 from configs import cifar
 from l2jax import configuration
 from l2jax import cpu
@@ -210,69 +211,8 @@ def l2jax_column(config, dataset: data_lib.Dataset):
   return step, info
 
 
-def torch_twin(model):
-  """`model` (an l2jax.models module) in PyTorch: the same layers, widths
-  and parameter count, batch norm where it has it."""
-  from torch import nn  # pylint: disable=g-import-not-at-top
-
-  def conv(cin, cout, stride=1, batch_norm=False):
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=not batch_norm)] + (
-        [nn.BatchNorm2d(cout)] if batch_norm else [])
-
-  class Block(nn.Module):
-    """models.ResidualBlock: the shortcut subsamples and pads channels."""
-
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.first = nn.Sequential(*conv(cin, cout, stride, True), nn.ReLU())
-      self.second = nn.Sequential(*conv(cout, cout, 1, True))
-      self.stride, self.pad = stride, cout - cin
-
-    def forward(self, x):
-      shortcut = nn.functional.pad(x[:, :, ::self.stride, ::self.stride],
-                                   (0, 0, 0, 0, 0, self.pad))
-      return nn.functional.relu(shortcut + self.second(self.first(x)))
-
-  channels, side = IMAGE_SHAPE[-1], IMAGE_SHAPE[0]
-  head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-  if isinstance(model, models.ResNet):
-    layers = [*conv(channels, 16, 1, True), nn.ReLU()]
-    channels = 16
-    for stage, features in enumerate((16, 32, 64)):
-      for block in range(model.blocks_per_stage):
-        layers.append(Block(channels, features, 2 if stage and not block else 1))
-        channels = features
-    return nn.Sequential(*layers, *head, nn.Linear(channels, NUM_CLASSES))
-  if isinstance(model, models.AllConvBN):
-    layers = []
-    for i, width in enumerate(model.widths):
-      layers += [nn.MaxPool2d(2)] if i else []
-      layers += [*conv(channels, width, 1, True), nn.ReLU()]
-      channels = width
-    return nn.Sequential(*layers, *head, nn.Linear(channels, NUM_CLASSES))
-  if isinstance(model, models.VGG):
-    widths, hidden = models.VGG_LAYERS[model.depth], []
-  else:  # SeedCNN: conv-relu-pool per width, then Dense(hidden) - ReLU.
-    widths = [w for f in model.conv_features for w in (f, 'M')]
-    hidden = [model.hidden]
-  layers = []
-  for width in widths:
-    if width == 'M':
-      layers.append(nn.MaxPool2d(2))
-      side //= 2
-    else:
-      layers += [*conv(channels, width, 1, model.batch_norm), nn.ReLU()]
-      channels = width
-  layers.append(nn.Flatten())
-  features = channels * side * side
-  for width in hidden:
-    layers += [nn.Linear(features, width), nn.ReLU()]
-    features = width
-  return nn.Sequential(*layers, nn.Linear(features, NUM_CLASSES))
-
-
 def torch_column(config, dataset: data_lib.Dataset):
-  """(step(), info()) of the same network in PyTorch (`torch_twin`), SGD
+  """(step(), info()) of the same network in PyTorch (`torch_twins`), SGD
   with coupled decay.
 
   PyTorch's weight_decay also reaches the biases (l2jax's mask: kernels only)
@@ -284,7 +224,7 @@ def torch_column(config, dataset: data_lib.Dataset):
 
   torch.manual_seed(config.seed)
   torch.set_num_threads(len(os.sched_getaffinity(0)))
-  model = torch_twin(models.from_config(config, NUM_CLASSES))
+  model = torch_twins.torch_twin(models.from_config(config, NUM_CLASSES))
   optimizer = torch.optim.SGD(
       model.parameters(), lr=config.learning_rate, momentum=config.momentum,
       weight_decay=config.l2.weight)
