@@ -1,24 +1,37 @@
 """Training-step throughput of l2jax, and of PyTorch, on this machine's CPU.
 
-    python -m benchmarks.throughput [--model=seed_cnn --batch_size=128
-        --steps=20 --augment --notorch --layers=auto --out=/tmp/throughput.md]
+    python -m benchmarks.throughput [--model=seed_cnn --batch_norm
+        --batch_size=128 --rounds=5 --steps=10 --invocations=1 --threads=0
+        --augment --notorch --layers=auto --out=/tmp/throughput.md]
 
 Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
-synthetic uint8 CIFAR-shaped batch: the first call (which compiles) apart,
-then the median of `--steps` calls, each ended by `jax.block_until_ready`.
-FLOPs per step come from XLA's cost analysis of the same step compiled with
-XLA's own layers (direct convolutions: the network's nominal count); a jitted
-2048×2048 float32 matmul gives the machine's reference GFLOP/s. When PyTorch
-is installed, the same network and optimizer are timed the same way.
-About a minute on a 2-core CPU.
+synthetic uint8 CIFAR-shaped batch and, when PyTorch is installed, the same
+network and optimizer in PyTorch (`torch_twins`), side by side and interleaved: after each
+column's first call (which compiles), `--rounds` rounds of a block of
+`--steps` calls of each column, the order alternating from round to round,
+each call ended by `jax.block_until_ready`. On a shared machine the load
+changes within a run; interleaved, both columns see the same load, so the
+figure is each round's ratio of medians, reported as its median over the
+rounds with their min–max. Each step's CPU time (the process's, all
+threads) is reported beside its wall time. `--threads=N` pins the process
+to N cores, and with it JAX's thread pool and PyTorch's thread count. A
+2048×2048 float32 matmul, timed in every round, gives the machine's
+reference GFLOP/s. FLOPs per step come from XLA's cost analysis of the same
+step compiled with XLA's own layers (direct convolutions: the network's
+nominal count). `--invocations=N` runs the measurement in N fresh
+processes, one after another, and reports each. About a minute per
+invocation for the seed network on a 2-core CPU.
 """
 
 import importlib.util
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -32,25 +45,39 @@ import numpy as np
 import optax
 
 from benchmarks import sweep
+from benchmarks import torch_twins
 from configs import cifar
 from l2jax import configuration
 from l2jax import cpu
 from l2jax import data as data_lib
 from l2jax import devices
 from l2jax import models
+from l2jax import outputs
 from l2jax import train
 from l2jax.errors import L2JaxError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('model', 'seed_cnn', list(models.MODELS), 'Network.')
+flags.DEFINE_bool('batch_norm', False,
+                  'Batch norm after each convolution (config.batch_norm; '
+                  'resnet20 and allconv_bn always have it).')
 flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
-flags.DEFINE_integer('steps', 20, 'Timed steps after the first (median).')
+flags.DEFINE_integer('rounds', 5, 'Rounds of interleaved blocks.')
+flags.DEFINE_integer('steps', 10, 'Timed steps of each column a round.')
+flags.DEFINE_integer('invocations', 1,
+                     'Fresh processes that measure, one after another.')
 flags.DEFINE_bool('augment', False, 'Crop and flip inside the step.')
 flags.DEFINE_bool('torch', None,
                   'Also time PyTorch; default: when installed.')
 flags.DEFINE_string('out', None, 'Markdown report to write; default: none.')
+flags.DEFINE_string('json', None, "The measurements as JSON (what a "
+                    "--invocations run's processes hand back).")
 flags.DEFINE_enum('layers', 'auto', list(models.LAYER_CHOICES),
                   "The model's layer set (config.layers).")
+flags.DEFINE_integer('threads', 0,
+                     'Cores to run on (the first of this process\'s '
+                     'affinity), which sets both JAX\'s and PyTorch\'s thread '
+                     'counts; 0: all.')
 flags.DEFINE_bool('configure_cpu', True,
                   'Apply l2jax.cpu.configure() first, as l2jax.main does; '
                   'with --noconfigure_cpu both columns run without it.')
@@ -58,44 +85,77 @@ flags.DEFINE_bool('configure_cpu', True,
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 MATMUL_SIZE = 2048
-
-
-def time_calls(step, steps: int) -> dict:
-  """Seconds of the first `step()`, and median, min, max of the next `steps`.
-
-  A max far above the median means other work shared the CPU.
-  """
-  times = []
-  for _ in range(steps + 1):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return {'first_s': times[0], 'median_s': statistics.median(times[1:]),
-          'min_s': min(times[1:]), 'max_s': max(times[1:])}
-
-
-def matmul_gflops(repeats: int = 10) -> float:
-  """The machine's float32 matmul rate: 2 n³ FLOPs per n×n product."""
-  a, b = jax.random.normal(jax.random.key(0), (2, MATMUL_SIZE, MATMUL_SIZE))
-  dot = jax.jit(jnp.dot)
-  timing = time_calls(lambda: dot(a, b).block_until_ready(), repeats)
-  return 2 * MATMUL_SIZE**3 / timing['median_s'] / 1e9
+GOAL = 1.5  # l2jax / PyTorch images/s (issue 15).
 
 
 def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def with_memory(time_fn, *args) -> dict:
-  """`time_fn(*args)`, with the process's RSS before and its peak during."""
-  try:  # Linux: lowers the peak RSS to the current RSS.
+def reset_peak_rss() -> float:
+  """Lowers the peak RSS to the current RSS (Linux; elsewhere the peak also
+  covers all the process did before); returns it."""
+  try:
     with open('/proc/self/clear_refs', 'w') as f:
       f.write('5')
   except OSError:
-    pass  # Elsewhere the peak also covers all the process did before.
-  before = peak_rss_mib()
-  result = time_fn(*args)
-  return {**result, 'rss_before_mib': before, 'peak_rss_mib': peak_rss_mib()}
+    pass
+  return peak_rss_mib()
+
+
+def time_block(step, steps: int) -> tuple:
+  """Seconds of each of `steps` calls of `step()`: (wall, CPU), the CPU time
+  being this process's, over all its threads."""
+  wall, cpu_times = [], []
+  for _ in range(steps):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    step()
+    wall.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
+  return wall, cpu_times
+
+
+def matmul_step():
+  """A jitted 2048×2048 float32 product, 2 n³ FLOPs, compiled here."""
+  a, b = jax.random.normal(jax.random.key(0), (2, MATMUL_SIZE, MATMUL_SIZE))
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()
+  return lambda: dot(a, b).block_until_ready()
+
+
+def interleave(columns: dict, rounds: int, steps: int, reference) -> dict:
+  """Times `columns` ({name: step()}) side by side.
+
+  Each column's first call apart (it compiles), then `rounds` rounds of a
+  block of `steps` calls of each column, in the order of `columns` in even
+  rounds and reversed in odd ones, and three calls of `reference()` (the
+  matmul) before each round. Returns {'columns': {name: {'first_s',
+  'rounds': [[seconds of each call] per round], 'cpu_rounds' (the same in
+  CPU seconds), 'rss_before_mib',
+  'peak_rss_mib'}}, 'matmul_gflops': [per round]}: the RSS before the
+  column's first call and its peak over that call and its blocks.
+  """
+  results = {}
+  for name, step in columns.items():
+    before = reset_peak_rss()
+    start = time.perf_counter()
+    step()
+    results[name] = {'first_s': time.perf_counter() - start, 'rounds': [],
+                     'cpu_rounds': [],
+                     'rss_before_mib': before, 'peak_rss_mib': peak_rss_mib()}
+  matmul = []
+  names = list(columns)
+  for r in range(rounds):
+    seconds = statistics.median(time_block(reference, 3)[0])
+    matmul.append(2 * MATMUL_SIZE**3 / seconds / 1e9)
+    for name in (names if r % 2 == 0 else names[::-1]):
+      reset_peak_rss()
+      wall, cpu_times = time_block(columns[name], steps)
+      results[name]['rounds'].append(wall)
+      results[name]['cpu_rounds'].append(cpu_times)
+      results[name]['peak_rss_mib'] = max(results[name]['peak_rss_mib'],
+                                           peak_rss_mib())
+  return {'columns': results, 'matmul_gflops': matmul}
 
 
 def synthetic_data(batch_size: int) -> data_lib.Dataset:
@@ -107,16 +167,16 @@ def synthetic_data(batch_size: int) -> data_lib.Dataset:
   return data_lib.Dataset(split, None, split, NUM_CLASSES)
 
 
-def build_step(config, dataset: data_lib.Dataset, steps: int):
+def build_step(config, dataset: data_lib.Dataset):
   """The pmapped step and its arguments, as `train.train_and_evaluate`
   builds them."""
   model = models.from_config(config, NUM_CLASSES)
-  # The schedule's length changes no cost; one epoch of `steps + 1` will do.
+  # The schedule's length changes no cost; one epoch of 100 steps will do.
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, _, penalties = train.initialize(config, model, dataset.image_shape,
-                                         steps + 1, init_rng)
+                                         100, init_rng)
   p_train_step = train.pmap_train_step(config, penalties,
-                                       *dataset.channel_stats(), steps + 1)
+                                       *dataset.channel_stats(), 100)
   images, labels = next(jax_utils.prefetch_to_device(data_lib.train_batches(
       dataset.train, config.batch_size, config.seed, 1,
       host=devices.host()), 1))
@@ -132,9 +192,10 @@ def step_flops(p_train_step, args) -> float:
   return cost['flops'] * jax.local_device_count()
 
 
-def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
-  """Times the step and counts its FLOPs."""
-  p_train_step, args = build_step(config, dataset, steps)
+def l2jax_column(config, dataset: data_lib.Dataset):
+  """(step(), info()): one training step, and then its FLOPs and parameter
+  count (counted after the timing: the cost analysis compiles again)."""
+  p_train_step, args = build_step(config, dataset)
   state, rest = args[0], args[1:]
 
   def step():
@@ -142,79 +203,28 @@ def time_l2jax(config, dataset: data_lib.Dataset, steps: int) -> dict:
     state, metrics = p_train_step(state, *rest)
     jax.block_until_ready((state, metrics))
 
-  # Timed before the cost analysis, whose compilation pmap might cache.
-  timing = time_calls(step, steps)
-  return {**timing, 'flops': step_flops(p_train_step, (state, *rest)),
-          'parameters': sum(x[0].size for x in jax.tree.leaves(state.params))}
+  def info():
+    return {'flops': step_flops(p_train_step, (state, *rest)),
+            'parameters': sum(x[0].size
+                              for x in jax.tree.leaves(state.params))}
+
+  return step, info
 
 
-def torch_twin(model):
-  """`model` (an l2jax.models module) in PyTorch: the same layers, widths
-  and parameter count, batch norm where it has it."""
-  from torch import nn  # pylint: disable=g-import-not-at-top
-
-  def conv(cin, cout, stride=1, batch_norm=False):
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=not batch_norm)] + (
-        [nn.BatchNorm2d(cout)] if batch_norm else [])
-
-  class Block(nn.Module):
-    """models.ResidualBlock: the shortcut subsamples and pads channels."""
-
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.first = nn.Sequential(*conv(cin, cout, stride, True), nn.ReLU())
-      self.second = nn.Sequential(*conv(cout, cout, 1, True))
-      self.stride, self.pad = stride, cout - cin
-
-    def forward(self, x):
-      shortcut = nn.functional.pad(x[:, :, ::self.stride, ::self.stride],
-                                   (0, 0, 0, 0, 0, self.pad))
-      return nn.functional.relu(shortcut + self.second(self.first(x)))
-
-  channels, side = IMAGE_SHAPE[-1], IMAGE_SHAPE[0]
-  if isinstance(model, models.ResNet):
-    layers = [*conv(channels, 16, 1, True), nn.ReLU()]
-    channels = 16
-    for stage, features in enumerate((16, 32, 64)):
-      for block in range(model.blocks_per_stage):
-        layers.append(Block(channels, features, 2 if stage and not block else 1))
-        channels = features
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(channels, NUM_CLASSES))
-  if isinstance(model, models.VGG):
-    widths, hidden = models.VGG_LAYERS[model.depth], []
-  else:  # SeedCNN: conv-relu-pool per width, then Dense(hidden) - ReLU.
-    widths = [w for f in model.conv_features for w in (f, 'M')]
-    hidden = [model.hidden]
-  layers = []
-  for width in widths:
-    if width == 'M':
-      layers.append(nn.MaxPool2d(2))
-      side //= 2
-    else:
-      layers += [*conv(channels, width, 1, model.batch_norm), nn.ReLU()]
-      channels = width
-  layers.append(nn.Flatten())
-  features = channels * side * side
-  for width in hidden:
-    layers += [nn.Linear(features, width), nn.ReLU()]
-    features = width
-  return nn.Sequential(*layers, nn.Linear(features, NUM_CLASSES))
-
-
-def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
-  """The same network in PyTorch (`torch_twin`), SGD with coupled decay,
-  timed alike.
+def torch_column(config, dataset: data_lib.Dataset):
+  """(step(), info()) of the same network in PyTorch (`torch_twins`), SGD
+  with coupled decay.
 
   PyTorch's weight_decay also reaches the biases (l2jax's mask: kernels only)
   and its learning rate stays constant; neither costs a measurable FLOP.
+  PyTorch on a CPU is synchronous: a step has ended when it returns.
   """
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(config.seed)
-  torch.set_num_threads(os.cpu_count())
-  model = torch_twin(models.from_config(config, NUM_CLASSES))
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  model = torch_twins.torch_twin(models.from_config(config, NUM_CLASSES))
   optimizer = torch.optim.SGD(
       model.parameters(), lr=config.learning_rate, momentum=config.momentum,
       weight_decay=config.l2.weight)
@@ -230,112 +240,249 @@ def time_torch(config, dataset: data_lib.Dataset, steps: int) -> dict:
     loss.backward()
     optimizer.step()
 
-  timing = time_calls(step, steps)  # PyTorch on a CPU is synchronous.
-  return {**timing, 'version': torch.__version__,
-          'parameters': sum(p.numel() for p in model.parameters()),
-          'threads': torch.get_num_threads()}
+  def info():
+    return {'version': torch.__version__, 'threads': torch.get_num_threads(),
+            'parameters': sum(p.numel() for p in model.parameters())}
+
+  return step, info
 
 
-def report(config, steps: int, load: float, matmul: float,
-           results: dict) -> str:
-  """Markdown: command, machine, versions, then one column per framework."""
-  flops = results['l2jax']['nominal_flops']
+def make_config():
+  config = cifar.get_config()
+  config.model, config.batch_size = FLAGS.model, FLAGS.batch_size
+  config.batch_norm, config.augment = FLAGS.batch_norm, FLAGS.augment
+  config.layers = FLAGS.layers
+  return config
+
+
+def measure(config, run_torch: bool, rounds: int, steps: int,
+            configured: bool) -> dict:
+  """One invocation's measurements, JSON-able (see `interleave`);
+  `configured`: whether l2jax.cpu.configure() ran first."""
+  load_before = os.getloadavg()[0]
+  dataset = synthetic_data(config.batch_size)
+  columns, infos = {}, {}
+  columns['l2jax'], infos['l2jax'] = l2jax_column(config, dataset)
+  if run_torch:
+    columns['PyTorch'], infos['PyTorch'] = torch_column(config, dataset)
+  result = interleave(columns, rounds, steps, matmul_step())
+  for name, info in infos.items():
+    result['columns'][name].update(info())
+  # The network's nominal FLOPs, for both columns: the step with XLA's own
+  # layers (direct convolutions). l2jax's Winograd convolutions do fewer
+  # multiplications, so its GFLOP/s is an effective rate.
+  direct = config.copy_and_resolve_references()
+  direct.layers = 'flax'
+  result['nominal_flops'] = step_flops(*build_step(direct, dataset))
   versions = (f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, '
               f'flax {flax.__version__}, optax {optax.__version__}')
-  if 'PyTorch' in results:
-    versions += (f', torch {results["PyTorch"]["version"]} '
-                 f'({results["PyTorch"]["threads"]} threads)')
+  if run_torch:
+    torch_info = result['columns']['PyTorch']
+    versions += (f', torch {torch_info["version"]} '
+                 f'({torch_info["threads"]} threads)')
+  return {**result, 'versions': versions, 'load_before': load_before,
+          'load_after': os.getloadavg()[0],
+          'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'devices': f'{jax.local_device_count()} {jax.default_backend()}',
+          'cores': len(os.sched_getaffinity(0)), 'rounds': rounds,
+          'steps': steps, 'configured': configured}
+
+
+def summary(measurement: dict) -> dict:
+  """Medians over all timed calls, per round, and the rounds' ratios."""
+  columns = measurement['columns']
+  out = {name: {
+      'median_s': statistics.median(t for block in c['rounds'] for t in block),
+      'min_s': min(min(block) for block in c['rounds']),
+      'max_s': max(max(block) for block in c['rounds']),
+      'round_medians_s': [statistics.median(block) for block in c['rounds']],
+      'cpu_median_s': statistics.median(
+          t for block in c['cpu_rounds'] for t in block),
+      'cpu_round_medians_s': [statistics.median(block)
+                              for block in c['cpu_rounds']],
+  } for name, c in columns.items()}
+  if 'PyTorch' in out:
+    for prefix, key in (('', 'round_medians_s'), ('cpu_', 'cpu_round_medians_s')):
+      ratios = [t / j for j, t in zip(out['l2jax'][key], out['PyTorch'][key])]
+      out[prefix + 'ratios'] = ratios
+      out[prefix + 'ratio'] = statistics.median(ratios)
+  return out
+
+
+def _ratio_text(s: dict, prefix: str = '') -> str:
+  ratio, ratios = s[prefix + 'ratio'], s[prefix + 'ratios']
+  return (f'{ratio:.2f} ({min(ratios):.2f}–{max(ratios):.2f} '
+          f'over {len(ratios)} rounds)')
+
+
+def details(config, m: dict) -> list:
+  """One invocation's tables: the columns, then the rounds."""
+  s, flops = summary(m), m['nominal_flops']
+  matmul = statistics.median(m['matmul_gflops'])
+  names = list(m['columns'])
+  rows = {
+      'parameters': lambda n: f'{m["columns"][n]["parameters"]:,}',
+      'first step (l2jax: compile) [s]':
+          lambda n: f'{m["columns"][n]["first_s"]:.2f}',
+      'median step [ms] (min–max)': lambda n: (
+          f'{1e3 * s[n]["median_s"]:.1f} ({1e3 * s[n]["min_s"]:.0f}–'
+          f'{1e3 * s[n]["max_s"]:.0f})'),
+      'median step CPU time, all threads [ms]':
+          lambda n: f'{1e3 * s[n]["cpu_median_s"]:.1f}',
+      'images/s': lambda n: f'{config.batch_size / s[n]["median_s"]:.1f}',
+      'GFLOP/s (nominal FLOPs)':
+          lambda n: f'{flops / s[n]["median_s"] / 1e9:.2f}',
+      'fraction of matmul GFLOP/s (nominal FLOPs)':
+          lambda n: f'{flops / s[n]["median_s"] / 1e9 / matmul:.1%}',
+      'RSS before [MiB]': lambda n: f'{m["columns"][n]["rss_before_mib"]:.0f}',
+      'peak RSS during [MiB]':
+          lambda n: f'{m["columns"][n]["peak_rss_mib"]:.0f}',
+  }
+  lines = [f'- Load average {m["load_before"]:.2f} before, '
+           f'{m["load_after"]:.2f} after; matmul {matmul:.1f} GFLOP/s '
+           '(median over the rounds)',
+           f'- l2jax\'s step as timed does {m["columns"]["l2jax"]["flops"] / 1e9:.4g}'
+           ' GFLOP (fewer than nominal where its convolutions are '
+           'Winograd\'s)', '',
+           '| | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
+  lines += [f'| {row} | ' + ' | '.join(cell(n) for n in names) + ' |'
+            for row, cell in rows.items()]
+  lines += ['', '| round | matmul GFLOP/s | '
+            + ' | '.join(f'{n} median [ms]' for n in names)
+            + (' | ratio | CPU-time ratio |' if 'ratio' in s else ''),
+            '|---' * (len(names) + 2 + 2 * ('ratio' in s)) + '|']
+  for r, gflops in enumerate(m['matmul_gflops']):
+    cells = [f'{1e3 * s[n]["round_medians_s"][r]:.1f}' for n in names]
+    if 'ratio' in s:
+      cells += [f'{s["ratios"][r]:.2f}', f'{s["cpu_ratios"][r]:.2f}']
+    lines.append(f'| {r + 1} | {gflops:.0f} | ' + ' | '.join(cells) + ' |')
+  if 'ratio' in s:
+    lines += ['', f'l2jax / PyTorch images/s: {_ratio_text(s)}',
+              f'PyTorch / l2jax CPU time a step: {_ratio_text(s, "cpu_")}']
+  return lines
+
+
+def report(config, measurements: list) -> str:
+  """Markdown: command, machine, versions, the step; then, over several
+  invocations, one line each and the goal; then each invocation's tables."""
+  first = measurements[0]
   lines = [
       '# Training-step throughput', '',
       '    ' + sweep.command_line(), '',
-      f'- Machine: {sweep.cpu_model()}, {os.cpu_count()} cores; JAX on '
-      f'{jax.local_device_count()} {jax.default_backend()} device(s); '
-      f'load average {load:.2f} before the run',
-      f'- Versions: {versions}',
+      f'- Machine: {sweep.cpu_model()}, {os.cpu_count()} cores, this process '
+      f'on {first["cores"]} of them; JAX on {first["devices"]} device(s)',
+      f'- Versions: {first["versions"]}',
       f'- Process settings: l2jax.cpu.configure() '
-      f'{"applied" if FLAGS.configure_cpu else "not applied"} '
-      f'(XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r})',
-      f'- Step: {config.model} (layers {config.layers}: '
-      f'{models.layer_set(config.layers).name}), batch '
+      f'{"applied" if first["configured"] else "not applied"} '
+      f'(XLA_FLAGS={first["xla_flags"]!r})',
+      f'- Step: {config.model}'
+      f'{" with batch norm" if config.batch_norm else ""} (layers '
+      f'{config.layers}: {models.layer_set(config.layers).name}), batch '
       f'{config.batch_size} of {IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, '
       f'augment {config.augment}; '
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
       f'λ={config.l2.weight}',
-      f'- Timing: the first step apart, then the median of {steps} steps',
+      f'- Timing: each column\'s first step apart, then {first["rounds"]} '
+      f'rounds of {first["steps"]} steps of each column, interleaved (the '
+      'order alternating between rounds); medians over all timed steps and '
+      'per round; the ratio is the median over the rounds of each round\'s '
+      'ratio of medians',
       f'- FLOPs: XLA cost analysis of the compiled step with XLA\'s own '
-      f'layers (--layers=flax, direct convolutions), {flops / 1e9:.4g} GFLOP '
-      f'a step, used for both columns; the l2jax step as timed does '
-      f'{results["l2jax"]["flops"] / 1e9:.4g} (fewer where its convolutions '
-      f'are Winograd\'s)',
+      f'layers (--layers=flax, direct convolutions), '
+      f'{first["nominal_flops"] / 1e9:.4g} GFLOP a step, used for both '
+      'columns',
       f'- Reference: float32 {MATMUL_SIZE}×{MATMUL_SIZE} matmul (jitted '
-      f'jnp.dot), {matmul:.1f} GFLOP/s',
-      '- Memory: the process\'s RSS before each column and its peak '
-      '(ru_maxrss, reset to the RSS before) while that column ran', '',
-      '| | ' + ' | '.join(results) + ' |', '|---' * (len(results) + 1) + '|',
+      'jnp.dot), timed before each round',
+      '- Memory: the process\'s RSS before each column\'s first step and its '
+      'peak (ru_maxrss, reset before each of its blocks) while it ran',
   ]
-  rows = {
-      'parameters': lambda r: f'{r["parameters"]:,}',
-      'first step (l2jax: compile) [s]': lambda r: f'{r["first_s"]:.2f}',
-      'median step [ms] (min–max)': lambda r: (
-          f'{1e3 * r["median_s"]:.1f} ({1e3 * r["min_s"]:.0f}–'
-          f'{1e3 * r["max_s"]:.0f})'),
-      'images/s': lambda r: f'{config.batch_size / r["median_s"]:.1f}',
-      'GFLOP/s (nominal FLOPs)': lambda r: f'{flops / r["median_s"] / 1e9:.2f}',
-      'fraction of matmul GFLOP/s (nominal FLOPs)': (
-          lambda r: f'{flops / r["median_s"] / 1e9 / matmul:.1%}'),
-      'RSS before [MiB]': lambda r: f'{r["rss_before_mib"]:.0f}',
-      'peak RSS during [MiB]': lambda r: f'{r["peak_rss_mib"]:.0f}',
-  }
-  for name, cell in rows.items():
-    lines.append(f'| {name} | '
-                 + ' | '.join(cell(r) for r in results.values()) + ' |')
-  if 'PyTorch' in results:
-    ratio = results['PyTorch']['median_s'] / results['l2jax']['median_s']
-    lines += ['', f'l2jax / PyTorch images/s: {ratio:.2f}']
+  summaries = [summary(m) for m in measurements]
+  if len(measurements) > 1:
+    lines += ['', f'## {len(measurements)} invocations', '',
+              '| invocation | load before–after | matmul GFLOP/s | l2jax '
+              'images/s | PyTorch images/s | ratio (min–max over rounds) |',
+              '|---|---|---|---|---|---|']
+    for i, (m, s) in enumerate(zip(measurements, summaries)):
+      torch_ips = (f'{config.batch_size / s["PyTorch"]["median_s"]:.1f}'
+                   if 'PyTorch' in s else '–')
+      lines.append(
+          f'| {i + 1} | {m["load_before"]:.2f}–{m["load_after"]:.2f} | '
+          f'{statistics.median(m["matmul_gflops"]):.0f} | '
+          f'{config.batch_size / s["l2jax"]["median_s"]:.1f} | {torch_ips} | '
+          f'{_ratio_text(s) if "ratio" in s else "–"} |')
+    if all('ratio' in s for s in summaries):
+      held = sum(s['ratio'] >= GOAL for s in summaries)
+      lines += ['', f'Median ratio ≥ {GOAL} in {held} of '
+                f'{len(summaries)} invocations: goal '
+                f'{"met" if held == len(summaries) else "not met"}.']
+  for i, m in enumerate(measurements):
+    if len(measurements) > 1:
+      lines += ['', f'## Invocation {i + 1}']
+    lines += ['', *details(config, m)]
   return '\n'.join(lines) + '\n'
+
+
+def invoke(index: int, folder: str, run_torch: bool) -> dict:
+  """One measurement in a fresh process with this one's flags."""
+  path = os.path.join(folder, f'{index}.json')
+  args = [sys.executable, '-m', 'benchmarks.throughput',
+          f'--model={FLAGS.model}', f'--batch_size={FLAGS.batch_size}',
+          f'--rounds={FLAGS.rounds}', f'--steps={FLAGS.steps}',
+          f'--layers={FLAGS.layers}', f'--threads={FLAGS.threads}',
+          f'--json={path}',
+          *[f'--{"" if FLAGS[f].value else "no"}{f}'
+            for f in ('batch_norm', 'augment', 'configure_cpu')],
+          '--torch' if run_torch else '--notorch']
+  subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+  with open(path) as f:
+    return json.load(f)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.configure_cpu:
+  if FLAGS.threads and FLAGS.invocations == 1:  # Before JAX's thread pool.
+    cores = sorted(os.sched_getaffinity(0))[:FLAGS.threads]
+    os.sched_setaffinity(0, cores)
+  if FLAGS.configure_cpu and FLAGS.invocations == 1:
     cpu.configure()  # As l2jax.main does, before JAX runs anything.
-  config = cifar.get_config()
-  config.model, config.batch_size = FLAGS.model, FLAGS.batch_size
-  config.augment, config.layers = FLAGS.augment, FLAGS.layers
+  config = make_config()
   has_torch = importlib.util.find_spec('torch') is not None
   run_torch = FLAGS.torch
   if run_torch is None:  # Neither --torch nor --notorch.
     run_torch = has_torch
   try:
     configuration.validate(config, jax.local_device_count())
-    if FLAGS.steps < 1:
-      raise L2JaxError(f'--steps={FLAGS.steps} must be at least 1')
+    for flag in ('rounds', 'steps', 'invocations'):
+      if FLAGS[flag].value < 1:
+        raise L2JaxError(f'--{flag}={FLAGS[flag].value} must be at least 1')
+    if not 0 <= FLAGS.threads <= len(os.sched_getaffinity(0)):
+      raise L2JaxError(f'--threads={FLAGS.threads}: this process may run on '
+                       f'{len(os.sched_getaffinity(0))} cores')
     if run_torch and not has_torch:
       raise L2JaxError('--torch needs PyTorch, which is not installed; '
                        'install it or pass --notorch')
   except L2JaxError as e:
     sys.exit(f'throughput: error: {e}')
 
-  load = os.getloadavg()[0]
-  dataset = synthetic_data(config.batch_size)
-  results = {'l2jax': with_memory(time_l2jax, config, dataset, FLAGS.steps)}
-  # The network's nominal FLOPs, for both columns: the step with XLA's own
-  # layers (direct convolutions). l2jax's Winograd convolutions do fewer
-  # multiplications, so its GFLOP/s is an effective rate.
-  direct = config.copy_and_resolve_references()
-  direct.layers = 'flax'
-  results['l2jax']['nominal_flops'] = step_flops(
-      *build_step(direct, dataset, 1))
-  matmul = matmul_gflops()
-  if run_torch:
-    results['PyTorch'] = with_memory(time_torch, config, dataset, FLAGS.steps)
-  text = report(config, FLAGS.steps, load, matmul, results)
+  if FLAGS.invocations == 1:
+    measurements = [measure(config, run_torch, FLAGS.rounds, FLAGS.steps,
+                            FLAGS.configure_cpu)]
+  else:
+    with tempfile.TemporaryDirectory() as folder:
+      measurements = []
+      for i in range(FLAGS.invocations):
+        measurements.append(invoke(i, folder, run_torch))
+        print(f'invocation {i + 1}/{FLAGS.invocations}: ratio '
+              f'{summary(measurements[-1]).get("ratio", float("nan")):.2f}',
+              flush=True)
+  if FLAGS.json:
+    outputs.write_atomic(FLAGS.json, json.dumps(measurements[0]))
+  text = report(config, measurements)
   print(text, end='')
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      f.write(text)
+    outputs.write_atomic(FLAGS.out, text)
     print(f'wrote {FLAGS.out}')
 
 

@@ -21,11 +21,14 @@ class LayerSet(NamedTuple):
   norm: (train, axis_name) -> a batch norm module, nn.BatchNorm's with
     momentum 0.9; in training its statistics are means over `axis_name`.
   pool: x -> the maximum of each 2x2 window, stride 2.
+  norm_relu: x -> max(x, 0), jax.nn.relu's value and gradient: the ReLU
+    after a batch norm (and a residual sum).
   """
   name: str
   conv: Callable[..., nn.Module]
   norm: Callable[[bool, Optional[str]], nn.Module]
   pool: Callable[[jax.Array], jax.Array]
+  norm_relu: Callable[[jax.Array], jax.Array]
 
 
 def _batch_norm(cls, train: bool, axis_name: Optional[str]) -> nn.Module:
@@ -48,12 +51,13 @@ def _cpu_tuned_conv(features, strides=1, padding='SAME', use_bias=True):
 FLAX = LayerSet('flax', _flax_conv,
                 functools.partial(_batch_norm, nn.BatchNorm),
                 functools.partial(nn.max_pool, window_shape=(2, 2),
-                                  strides=(2, 2)))
+                                  strides=(2, 2)),
+                nn.relu)
 # l2jax.cpu.layers, fast on XLA's CPU backend; its Winograd convolutions round
 # more (l2jax.cpu.winograd).
 CPU_TUNED = LayerSet('cpu_tuned', _cpu_tuned_conv,
                      functools.partial(_batch_norm, cpu_layers.BatchNorm),
-                     cpu_layers.max_pool_2x2)
+                     cpu_layers.max_pool_2x2, cpu_layers.relu)
 LAYER_SETS = {s.name: s for s in (CPU_TUNED, FLAX)}
 LAYER_CHOICES = ('auto', *LAYER_SETS)  # config.layers
 
@@ -81,7 +85,8 @@ def _conv_block(module, x, features: int, train: bool, batch_norm=True,
   """
   x = module.layers.conv(features, use_bias=not batch_norm, **conv_options)(x)
   if batch_norm:
-    x = module.layers.norm(train, module.axis_name)(x)
+    return module.layers.norm_relu(
+        module.layers.norm(train, module.axis_name)(x))
   return nn.relu(x)
 
 
@@ -185,7 +190,7 @@ class ResidualBlock(nn.Module):
       x = x[:, ::self.strides, ::self.strides]
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0),
                       (0, self.features - x.shape[-1])))
-    return nn.relu(x + y)
+    return self.layers.norm_relu(x + y)
 
 
 class ResNet(Classifier):

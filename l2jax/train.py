@@ -337,6 +337,8 @@ def _train(run: Run, model, state, train_rng) -> dict:
     state, last_checkpoint = train_epoch(run, p_train_step, state, rng, epoch,
                                          step, metrics, last_checkpoint)
     step = epoch * run.steps_per_epoch
+    # Steps are dispatched asynchronously: the epoch ends when they finish.
+    state = jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     measures = checked_save(run, state, step, metrics.fetch(), last_checkpoint)
     last_checkpoint = step

@@ -30,16 +30,17 @@ PATCH_CONVS = [
     (dict(features=4, kernel_size=(3, 3), padding=((2, 0), (1, 1))),
      (2, 2, 2, 3)),
 ]
-# 3×3, stride 1, padding 1, H and W multiples of 4, 32 or more channels in
+# 3×3, stride 1, padding 1, H and W multiples of 4, 16 or more channels in
 # and out: winograd.winograd_conv.
 WINOGRAD_CONVS = [
     (dict(features=32, kernel_size=(3, 3)), (2, 8, 12, 32)),
+    (dict(features=16, kernel_size=(3, 3)), (2, 8, 8, 16)),
     (dict(features=48, kernel_size=(3, 3), padding=((1, 1), (1, 1))),
      (1, 4, 4, 64)),
 ]
 LAX_CONVS = [
     (dict(features=8, kernel_size=(3, 3)), (3, 16, 16, 64)),
-    (dict(features=32, kernel_size=(3, 3)), (2, 16, 16, 16)),
+    (dict(features=32, kernel_size=(3, 3)), (2, 16, 16, 8)),
     (dict(features=32, kernel_size=(3, 3)), (2, 6, 8, 32)),
     (dict(features=32, kernel_size=(3, 3), padding='VALID'), (2, 8, 8, 32)),
     (dict(features=6, kernel_size=(3, 3), strides=2), (2, 2, 2, 4)),
@@ -113,6 +114,18 @@ def test_max_pool_gradient_goes_to_the_first_maximum_in_row_major_order(pool):
   x = jnp.array([[1., 3.], [3., 3.]]).reshape(1, 2, 2, 1)
   dx = jax.grad(lambda x: pool(x).sum())(x)
   np.testing.assert_array_equal(dx.reshape(2, 2), [[0., 1.], [0., 0.]])
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+@pytest.mark.parametrize('jit', [True, False])
+def test_relu_value_and_gradient_equal_jax_nn_relu(dtype, jit):
+  """Exactly, zeros included (their gradient is 0, as jax.nn.relu's)."""
+  with jax.enable_x64(dtype == 'float64'):
+    x = jnp.asarray(np.random.default_rng(3).integers(-2, 3, (4, 5, 6, 3))
+                    * 0.5, dtype)
+    assert jnp.any(x == 0)
+    chex.assert_trees_all_equal(value_and_vjp(layers.relu, x, jit=jit),
+                                value_and_vjp(jax.nn.relu, x, jit=jit))
 
 
 def assert_close(actual, expected, tolerance=1e-5):
@@ -192,6 +205,7 @@ def float64_conv_and_gradients(x, kernel, g):
 
 @pytest.mark.parametrize('shape, features, dtype, tolerance', [
     ((4, 16, 16, 64), 128, jnp.float32, 2e-5),  # The seed network's conv2.
+    ((2, 32, 32, 16), 16, jnp.float32, 2e-5),  # ResNet-20's first stage.
     ((3, 8, 12, 32), 48, jnp.float32, 2e-5),
     ((2, 4, 4, 40), 33, jnp.float32, 2e-5),
     ((1, 4, 8, 1), 2, jnp.float32, 2e-5),
@@ -245,6 +259,17 @@ def test_biased_conv_equals_nn_conv(kwargs, shape):
   apply = lambda module: (lambda p, x: module.apply({'params': p}, x))
   assert_close(value_and_vjp(apply(Wrapped()), params, x, jit=True),
                value_and_vjp(apply(Reference()), params, x, jit=True))
+
+
+@pytest.mark.parametrize('shape', [(4, 6, 5, 3), (7, 2), (32, 4, 4, 16),
+                                   (33, 4, 4, 16), (40, 3, 2, 5)])
+def test_sum_to_channels_equals_a_float64_sum(shape):
+  """Both ways: a product with ones (batch ≤ 32), two sums (batch > 32)."""
+  x = normal(11, shape)
+  expected = np.asarray(x, np.float64).reshape(-1, shape[-1]).sum(0)
+  for f in (layers.sum_to_channels, jax.jit(layers.sum_to_channels)):
+    np.testing.assert_allclose(f(x), expected, rtol=0,
+                               atol=1e-6 * np.sqrt(x.size))
 
 
 @pytest.mark.parametrize('train', [True, False])

@@ -112,7 +112,7 @@ def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
 
 @pytest.mark.parametrize('name, batch_norm', [
     ('seed_cnn', False), ('seed_cnn_narrow', True), ('seed_cnn_narrow', False),
-    ('vgg11', False), ('resnet20', True)])
+    ('vgg11', False), ('resnet20', True), ('allconv_bn', True)])
 def test_cpu_tuned_layers_give_the_gradients_of_flax_layers(name,
                                                             batch_norm):
   """In float64, so that rounding cannot hide a wrong formula: float32's

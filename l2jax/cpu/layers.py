@@ -15,6 +15,12 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
   (and the ReLU and bias before it) from the 4× larger map, in transposed
   order. Gradient: each window's whole gradient goes to its first maximum in
   row-major order, as XLA's select-and-scatter does (ties included).
+- `relu`: jax.nn.relu (value and gradient), for the ReLU after a batch norm
+  (and a residual sum), computed as a reduction. XLA copies elementwise
+  producers into each consumer: an elementwise ReLU, and with it the batch
+  norms and residual sums before it, back to the start of a residual stage,
+  would be recomputed inside each transpose that XLA puts before a kernel
+  gradient, in transposed order. It does not copy reductions.
 - `conv_general_dilated`: `lax.conv_general_dilated`, except for two kinds
   of stride-1 NHWC convolution. A drop-in `nn.Conv(conv_general_dilated=...)`:
   parameter names and shapes stay nn.Conv's.
@@ -22,20 +28,23 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
     kernel): one product of the patch matrix with the kernel, its gradient
     by autodiff, because XLA runs such convolutions far below its
     matrix-product rate.
-  - 3×3 with padding 1 ('SAME'), H and W multiples of 4, 32 or more
+  - 3×3 with padding 1 ('SAME'), H and W multiples of 4, 16 or more
     channels in and out, float32 or float64: `winograd.winograd_conv`, which
     needs 4× fewer multiplications (its float rounding is larger: see
-    l2jax.cpu.winograd). Below 32 channels its transforms cost more than the
-    products save.
+    l2jax.cpu.winograd), and whose kernel gradient reads its saved tiles
+    where XLA's first transposes the input. Below 16 channels (a network's
+    first layer) its transforms cost more than the products save.
 - `BiasedConv` and `BatchNorm`: nn.Conv's bias and nn.BatchNorm, with
   their sums over all axes but the channels (a bias's gradient, batch
   statistics and their gradients) through `sum_to_channels`: over the batch
   first, then over the positions, because XLA turns one sum over (N, H, W)
   into a slow reduce-window that runs over the channels last (the two steps
-  are also closer to a float64 sum).
+  are also closer to a float64 sum); for batches of 32 or fewer, where XLA
+  fuses the two steps back into one slow loop nest, as a matrix product
+  with a vector of ones.
 
-`broadcast_channels`, `max_pool_2x2` and `winograd.winograd_conv` are custom
-VJPs: reverse-mode differentiation only (`jax.grad`, `jax.vjp`, and
+`broadcast_channels`, `max_pool_2x2`, `relu` and `winograd.winograd_conv`
+are custom VJPs: reverse-mode differentiation only (`jax.grad`, `jax.vjp`, and
 forward-over-reverse), not `jax.jvp` or `jax.jacfwd`.
 """
 
@@ -94,6 +103,29 @@ def _max_pool_bwd(res, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+# ReLU.
+
+@jax.custom_vjp
+def relu(x):
+  """max(x, 0), as jax.nn.relu, as the maximum over a stacked (x, 0) pair:
+  XLA does not copy a reduction into its consumers, so this writes its
+  output once (see the module docstring)."""
+  return jnp.stack([x, jnp.zeros_like(x)]).max(0)
+
+
+def _relu_fwd(x):
+  y = relu(x)
+  return y, y
+
+
+def _relu_bwd(y, g):
+  # jax.nn.relu's gradient, 0 at 0 (a reduction's would split ties).
+  return (jnp.where(y > 0, g, jnp.zeros((), g.dtype)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
+
+
 # Convolution: a patch product on inputs smaller than the kernel, Winograd
 # for wide 3×3 ones, lax for the rest.
 
@@ -134,7 +166,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return _patch_conv(lhs, rhs, padding, precision, preferred_element_type)
   if (rhs.shape[:2] == (3, 3) and padding == ((1, 1), (1, 1))
       and lhs.shape[1] % 4 == 0 and lhs.shape[2] % 4 == 0
-      and min(rhs.shape[2:]) >= 32 and precision is None
+      and min(rhs.shape[2:]) >= 16 and precision is None
       and lhs.dtype == rhs.dtype and lhs.dtype in (jnp.float32, jnp.float64)
       and preferred_element_type in (None, lhs.dtype)):
     return winograd.winograd_conv(lhs, rhs)
@@ -143,11 +175,23 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
 # Sums and broadcasts over all axes but the channels.
 
+# XLA's CPU backend splits a sum over an axis longer than this into partial
+# sums and a sum, which run fast; over a shorter one it runs the sums over N
+# and over the positions as one slow loop nest.
+_SPLIT_SUMS_ABOVE = 32
+
+
 def sum_to_channels(x):
-  """(N, ..., C) -> (C,): the sum over N, then over the other axes but C.
-  The barrier keeps XLA from merging the two sums into one."""
+  """(N, ..., C) -> (C,): for N > 32, the sum over N, then over the other
+  axes but C (the barrier keeps XLA from merging the two sums into one);
+  for N ≤ 32, one product of a vector of ones with x as a (rows, C)
+  matrix."""
+  c = x.shape[-1]
+  if x.shape[0] <= _SPLIT_SUMS_ABOVE:
+    rows = x.reshape(-1, c)
+    return jnp.ones((rows.shape[0],), x.dtype) @ rows
   partial = lax.optimization_barrier(x.sum(0))
-  return partial.reshape(-1, x.shape[-1]).sum(0)
+  return partial.reshape(-1, c).sum(0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
