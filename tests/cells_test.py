@@ -80,10 +80,12 @@ def test_each_stacked_cell_equals_its_own_run(optimizer, mode):
         stacked[0].params, stacked[0].batch_stats, stacked[0].opt_state,
         stacked[0].step, stacked[1]))
     # Float rounding differs (the stacked products sum in another order);
-    # Adam's division by √v enlarges it where v is small.
+    # Adam's division by √v enlarges it where v is small: a coordinate
+    # whose gradient is rounding noise moves by up to α either way.
+    scale = 1e-4 if optimizer == 'adam' else 1e-5
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
       np.testing.assert_allclose(a, e, rtol=1e-5,
-                                 atol=1e-5 * np.abs(e).max(initial=1e-30))
+                                 atol=scale * np.abs(e).max(initial=1e-30))
 
 
 def test_cells_may_differ_only_in_learning_rate_and_l2_weight():
