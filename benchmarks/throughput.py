@@ -27,24 +27,21 @@ invocation for the seed network on a 2-core CPU.
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
 import flax
 from flax import jax_utils
 import jax
-import jax.numpy as jnp
 import jaxlib
-import numpy as np
 import optax
 
 from benchmarks import sweep
+from benchmarks import timing
 from benchmarks import torch_twins
 from configs import cifar
 from l2jax import configuration
@@ -82,89 +79,8 @@ flags.DEFINE_bool('configure_cpu', True,
                   'Apply l2jax.cpu.configure() first, as l2jax.main does; '
                   'with --noconfigure_cpu both columns run without it.')
 
-IMAGE_SHAPE = (32, 32, 3)
-NUM_CLASSES = 10
-MATMUL_SIZE = 2048
+IMAGE_SHAPE, NUM_CLASSES = timing.IMAGE_SHAPE, timing.NUM_CLASSES
 GOAL = 1.5  # l2jax / PyTorch images/s (issue 15).
-
-
-def peak_rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_rss() -> float:
-  """Lowers the peak RSS to the current RSS (Linux; elsewhere the peak also
-  covers all the process did before); returns it."""
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-  except OSError:
-    pass
-  return peak_rss_mib()
-
-
-def time_block(step, steps: int) -> tuple:
-  """Seconds of each of `steps` calls of `step()`: (wall, CPU), the CPU time
-  being this process's, over all its threads."""
-  wall, cpu_times = [], []
-  for _ in range(steps):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    step()
-    wall.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
-  return wall, cpu_times
-
-
-def matmul_step():
-  """A jitted 2048×2048 float32 product, 2 n³ FLOPs, compiled here."""
-  a, b = jax.random.normal(jax.random.key(0), (2, MATMUL_SIZE, MATMUL_SIZE))
-  dot = jax.jit(jnp.dot)
-  dot(a, b).block_until_ready()
-  return lambda: dot(a, b).block_until_ready()
-
-
-def interleave(columns: dict, rounds: int, steps: int, reference) -> dict:
-  """Times `columns` ({name: step()}) side by side.
-
-  Each column's first call apart (it compiles), then `rounds` rounds of a
-  block of `steps` calls of each column, in the order of `columns` in even
-  rounds and reversed in odd ones, and three calls of `reference()` (the
-  matmul) before each round. Returns {'columns': {name: {'first_s',
-  'rounds': [[seconds of each call] per round], 'cpu_rounds' (the same in
-  CPU seconds), 'rss_before_mib',
-  'peak_rss_mib'}}, 'matmul_gflops': [per round]}: the RSS before the
-  column's first call and its peak over that call and its blocks.
-  """
-  results = {}
-  for name, step in columns.items():
-    before = reset_peak_rss()
-    start = time.perf_counter()
-    step()
-    results[name] = {'first_s': time.perf_counter() - start, 'rounds': [],
-                     'cpu_rounds': [],
-                     'rss_before_mib': before, 'peak_rss_mib': peak_rss_mib()}
-  matmul = []
-  names = list(columns)
-  for r in range(rounds):
-    seconds = statistics.median(time_block(reference, 3)[0])
-    matmul.append(2 * MATMUL_SIZE**3 / seconds / 1e9)
-    for name in (names if r % 2 == 0 else names[::-1]):
-      reset_peak_rss()
-      wall, cpu_times = time_block(columns[name], steps)
-      results[name]['rounds'].append(wall)
-      results[name]['cpu_rounds'].append(cpu_times)
-      results[name]['peak_rss_mib'] = max(results[name]['peak_rss_mib'],
-                                           peak_rss_mib())
-  return {'columns': results, 'matmul_gflops': matmul}
-
-
-def synthetic_data(batch_size: int) -> data_lib.Dataset:
-  """One batch of random uint8 images, as both training and test split."""
-  rng = np.random.default_rng(0)
-  split = data_lib.Split(
-      rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8),
-      rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32))
-  return data_lib.Dataset(split, None, split, NUM_CLASSES)
 
 
 def build_step(config, dataset: data_lib.Dataset):
@@ -260,12 +176,12 @@ def measure(config, run_torch: bool, rounds: int, steps: int,
   """One invocation's measurements, JSON-able (see `interleave`);
   `configured`: whether l2jax.cpu.configure() ran first."""
   load_before = os.getloadavg()[0]
-  dataset = synthetic_data(config.batch_size)
+  dataset = timing.synthetic_data(config.batch_size)
   columns, infos = {}, {}
   columns['l2jax'], infos['l2jax'] = l2jax_column(config, dataset)
   if run_torch:
     columns['PyTorch'], infos['PyTorch'] = torch_column(config, dataset)
-  result = interleave(columns, rounds, steps, matmul_step())
+  result = timing.interleave(columns, rounds, steps, timing.matmul_step())
   for name, info in infos.items():
     result['columns'][name].update(info())
   # The network's nominal FLOPs, for both columns: the step with XLA's own
@@ -391,8 +307,8 @@ def report(config, measurements: list) -> str:
       f'layers (--layers=flax, direct convolutions), '
       f'{first["nominal_flops"] / 1e9:.4g} GFLOP a step, used for both '
       'columns',
-      f'- Reference: float32 {MATMUL_SIZE}×{MATMUL_SIZE} matmul (jitted '
-      'jnp.dot), timed before each round',
+      f'- Reference: float32 {timing.MATMUL_SIZE}×{timing.MATMUL_SIZE} matmul '
+      '(jitted jnp.dot), timed before each round',
       '- Memory: the process\'s RSS before each column\'s first step and its '
       'peak (ru_maxrss, reset before each of its blocks) while it ran',
   ]

@@ -197,12 +197,15 @@ def l2_weight(config, steps_per_epoch: int) -> float:
 
 
 def make_optimizer(config, penalties: regularization.Penalties,
-                   steps_per_epoch: int):
+                   steps_per_epoch: int, learning_rate=None):
   """Returns (optax chain, learning-rate schedule α_t) for a config.
 
   λ and the masks are `penalties`' (built once, on the run's parameters:
-  `configuration.make_penalties`); so is w₀ for decoupled L2-SP.
+  `configuration.make_penalties`); so is w₀ for decoupled L2-SP. α is
+  `learning_rate`, default `config.learning_rate`: inside a step it may be
+  traced, as λ may (`l2jax.cells`).
   """
+  alpha = config.learning_rate if learning_rate is None else learning_rate
   multiplier = lr_multiplier(config, steps_per_epoch)
   anchor_decay = None
   if config.l2sp.mode == 'decoupled' and penalties.l2sp_weight:
@@ -212,23 +215,25 @@ def make_optimizer(config, penalties: regularization.Penalties,
       update_direction(config),
       mode=config.l2.mode,
       weight=penalties.l2_weight,
-      learning_rate=config.learning_rate,
+      learning_rate=alpha,
       multiplier=multiplier,
       mask=penalties.l2_mask,
       schedule=config.l2.schedule,
       anchor_decay=anchor_decay)
-  return tx, lambda step: config.learning_rate * multiplier(step)
+  return tx, lambda step: alpha * multiplier(step)
 
 
-def shrink_per_step(config, weight: float,
-                    steps_per_epoch: int) -> Callable[[int], float]:
+def shrink_per_step(config, weight: float, steps_per_epoch: int,
+                    learning_rate=None) -> Callable[[int], float]:
   """s_t, the shrink one step's L2 decay gives a decayed weight (before
   Adam's per-coordinate division in coupled mode): l2jax.equilibrium's
-  table, for `config.l2.mode` and `config.l2.schedule`."""
+  table, for `config.l2.mode` and `config.l2.schedule`; α as in
+  `make_optimizer`."""
   multiplier = lr_multiplier(config, steps_per_epoch)
   schedule = ((lambda step: 1.0) if config.l2.schedule == 'constant'
               else multiplier)
-  alpha, mode = config.learning_rate, config.l2.mode
+  alpha = config.learning_rate if learning_rate is None else learning_rate
+  mode = config.l2.mode
   if mode in ('coupled', 'loss'):
     total = equilibrium.momentum_filter(config).total()
     return lambda step: alpha * multiplier(step) * weight * total
@@ -240,11 +245,14 @@ def shrink_per_step(config, weight: float,
 
 
 def make_equilibrium(config, penalties: regularization.Penalties,
-                     steps_per_epoch: int) -> equilibrium.Equilibrium:
-  """What the step measures of each kernel group's rotation, and predicts."""
+                     steps_per_epoch: int,
+                     learning_rate=None) -> equilibrium.Equilibrium:
+  """What the step measures of each kernel group's rotation, and predicts;
+  α as in `make_optimizer`."""
   return equilibrium.Equilibrium(
       filter=equilibrium.momentum_filter(config),
-      shrink=shrink_per_step(config, penalties.l2_weight, steps_per_epoch),
+      shrink=shrink_per_step(config, penalties.l2_weight, steps_per_epoch,
+                             learning_rate),
       mask=penalties.l2_mask,
       per_coordinate=(config.optimizer == 'adam'
                       and config.l2.mode in ('coupled', 'loss')),
