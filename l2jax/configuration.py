@@ -98,6 +98,15 @@ def _boolean(config, name: str) -> None:
 def validate(config, num_devices: int) -> None:
   """Raises ConfigError naming the first value that cannot be run."""
   _require_keys(config)
+  _data(config)
+  _model_and_optimizer(config)
+  _regularizers(config)
+  _check_mask_syntax(config)
+  _schedule(config)
+  _run(config, num_devices)
+
+
+def _data(config) -> None:
   _require(isinstance(config.dataset, str) and config.dataset,
            f'config.dataset={_show(config.dataset)} must name a TFDS data set '
            'or folder:PATH')
@@ -108,20 +117,33 @@ def validate(config, num_devices: int) -> None:
              f'config.{name}={_show(config[name])} has no effect with '
              f'config.dataset={_show(config.dataset)}; it is for TFDS data '
              'sets')
-  for name in ('augment', 'batch_norm', 'nesterov'):
+  _boolean(config, 'augment')
+  _number(config, 'validation_fraction', low=0, high=1, high_open=True)
+  _number(config, 'folds', low=0, integer=True)
+  _require(config.folds != 1,
+           'config.folds=1 is one fold; use 0 (a hold-out of '
+           'config.validation_fraction) or 2 or more folds')
+  _number(config, 'fold', low=0, high=max(config.folds - 1, 0), integer=True)
+  _number(config, 'max_train_examples', low=0, integer=True)
+  _require(isinstance(config.noise_sigmas, (tuple, list)) and all(
+      isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 <= s <= 1
+      for s in config.noise_sigmas),
+           f'config.noise_sigmas={_show(config.noise_sigmas)} must be a tuple '
+           'of noise levels in [0, 1] (fractions of the pixel range), or ()')
+
+
+def _model_and_optimizer(config) -> None:
+  for name in ('batch_norm', 'nesterov'):
     _boolean(config, name)
   _number(config, 'dropout', low=0, high=1, high_open=True)
   _choice(config.model, 'model', tuple(models.MODELS))
   _choice(config.layers, 'layers', models.LAYER_CHOICES)
   _choice(config.optimizer, 'optimizer', optim.OPTIMIZERS)
-  _choice(config.schedule, 'schedule', optim.SCHEDULES)
   _choice(config.l2.mode, 'l2.mode', optim.L2_MODES)
   _number(config, 'l2.weight', low=0)
   _require(config.l2.mode != 'none' or config.l2.weight == 0,
            f'config.l2.weight={config.l2.weight} has no effect with '
            'config.l2.mode=none; set the weight to 0 or choose a mode')
-  _regularizers(config)
-  _check_mask_syntax(config)
   _number(config, 'learning_rate', low=0, low_open=True)
   _number(config, 'momentum', low=0, high=1, high_open=True)
   _require(not config.nesterov or config.momentum > 0,
@@ -132,13 +154,12 @@ def validate(config, num_devices: int) -> None:
   _number(config, 'adam.b1', low=0, high=1, high_open=True)
   _number(config, 'adam.b2', low=0, high=1, high_open=True)
   _number(config, 'adam.eps', low=0)
+
+
+def _schedule(config) -> None:
+  _choice(config.schedule, 'schedule', optim.SCHEDULES)
   _number(config, 'num_epochs', low=1, integer=True)
   _number(config, 'eval_every_epochs', low=1, integer=True)
-  _require(isinstance(config.noise_sigmas, (tuple, list)) and all(
-      isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 <= s <= 1
-      for s in config.noise_sigmas),
-           f'config.noise_sigmas={_show(config.noise_sigmas)} must be a tuple '
-           'of noise levels in [0, 1] (fractions of the pixel range), or ()')
   _number(config, 'warmup_epochs', low=0)
   _require(config.warmup_epochs < config.num_epochs,
            f'config.warmup_epochs={config.warmup_epochs} must be shorter than '
@@ -156,13 +177,9 @@ def validate(config, num_devices: int) -> None:
            f'{config.warmup_epochs} of config.num_epochs={config.num_epochs}); '
            'put every boundary after it')
   _number(config, 'step_decay', low=0)
-  _number(config, 'validation_fraction', low=0, high=1, high_open=True)
-  _number(config, 'folds', low=0, integer=True)
-  _require(config.folds != 1,
-           'config.folds=1 is one fold; use 0 (a hold-out of '
-           'config.validation_fraction) or 2 or more folds')
-  _number(config, 'fold', low=0, high=max(config.folds - 1, 0), integer=True)
-  _number(config, 'max_train_examples', low=0, integer=True)
+
+
+def _run(config, num_devices: int) -> None:
   # jax.random.key takes a C long.
   _number(config, 'seed', low=0, high=2**63 - 1, integer=True)
   _number(config, 'checkpoints_to_keep', low=1, integer=True)
