@@ -24,7 +24,6 @@ same per cell both ways.
 import os
 import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -37,12 +36,13 @@ from benchmarks import timing
 from configs.sweeps import coupled_vs_decoupled as presets
 from l2jax import cells
 from l2jax import cpu
-from l2jax import data as data_lib
 from l2jax import devices
 from l2jax import models
 from l2jax import outputs
 from l2jax import train
 from l2jax.errors import L2JaxError
+
+CIFAR10_TRAIN = 50_000  # Images in CIFAR-10's training split.
 
 
 def preset_cells(preset, k: int) -> list:
@@ -51,21 +51,32 @@ def preset_cells(preset, k: int) -> list:
   method = preset.methods[0]
   chosen = [c for c in cvd.first_grid(preset)
             if c.labels['method'] == method and c.labels['seed'] == 0
-            and c.labels['l2_weight'] > 0][:k]
-  if len(chosen) < k:
-    raise L2JaxError(f'the preset has {len(chosen)} such cells, not {k}')
-  return [sweep.cell_config(preset.train, c) for c in chosen]
+            and c.labels['l2_weight'] > 0]
+  if not 1 <= k <= len(chosen):
+    raise L2JaxError(f'--cells={k}: preset {preset.preset} has {len(chosen)} '
+                     f'cells to stack; use values from 1 to {len(chosen)}')
+  return [sweep.cell_config(preset.train, c) for c in chosen[:k]]
 
 
-def steps_per_cell(config) -> int:
-  """Training steps of one of the preset's cells."""
-  train_size = config.max_train_examples or 50_000
+def steps_per_cell(config, dataset_size: int) -> int:
+  """Training steps of one of the preset's cells on a training split of
+  `dataset_size` images: as `l2jax.data` splits it, validation is held out
+  first and `max_train_examples` caps what remains."""
+  if config.folds >= 2:  # np.array_split's sizes.
+    held = dataset_size // config.folds + (
+        config.fold < dataset_size % config.folds)
+  else:
+    held = int(round(config.validation_fraction * dataset_size))
+  train_size = dataset_size - held
+  if config.max_train_examples:
+    train_size = min(train_size, config.max_train_examples)
   return train_size // config.batch_size * config.num_epochs
 
 
 def measure(preset, layers: str, ks: list, rounds: int, steps: int) -> dict:
-  """{'single': ..., K: ...}: each one's compile seconds and its per-cell
-  step seconds in each round (wall and CPU)."""
+  """{'cells': {'single' or K: {'compile_s', 'wall', 'cpu'}}, ...}: each
+  step's compile seconds and its per-cell step seconds (the median of a
+  round's block over K), by round."""
   configs = preset_cells(preset, max(ks))
   for config in configs:
     config.layers = layers
@@ -75,40 +86,35 @@ def measure(preset, layers: str, ks: list, rounds: int, steps: int) -> dict:
   init_rng, train_rng = jax.random.split(jax.random.key(configs[0].seed))
   state, _, penalties = train.initialize(configs[0], model,
                                          dataset.image_shape, 100, init_rng)
-  images, labels = next(data_lib.train_batches(
-      dataset.train, configs[0].batch_size, configs[0].seed, 1))
-  rng = jax_utils.replicate(train_rng)
-  columns = {}
+  batch = (*timing.first_batch(configs[0], dataset),
+           jax_utils.replicate(train_rng))
 
   def column(p_step, stacked_state, *extra):
     box = [stacked_state]
 
     def step():
-      box[0], metrics = p_step(box[0], *extra, images, labels, rng)
+      box[0], metrics = p_step(box[0], *extra, *batch)
       jax.block_until_ready((box[0], metrics))
     return step
 
-  columns['single'] = (column(train.pmap_train_step(
-      configs[0], penalties, mean, std, 100), devices.replicate(state)), 1)
+  columns = {'single': column(
+      train.pmap_train_step(configs[0], penalties, mean, std, 100),
+      devices.replicate(state))}
   for k in ks:
-    columns[k] = (column(
+    columns[k] = column(
         cells.pmap_train_step(configs[0], penalties, mean, std, 100),
         devices.replicate(cells.stack(state, k)),
-        cells.hyperparameters(configs[:k], 100)), k)
-  result = {name: {'compile_s': None, 'wall': [], 'cpu': []}
-            for name in columns}
-  for name, (step, _) in columns.items():
-    start = time.perf_counter()
-    step()
-    result[name]['compile_s'] = time.perf_counter() - start
-  names = list(columns)
-  for r in range(rounds):
-    for name in (names if r % 2 == 0 else names[::-1]):
-      step, k = columns[name]
-      wall, cpu_times = timing.time_block(step, steps)
-      result[name]['wall'].append(statistics.median(wall) / k)
-      result[name]['cpu'].append(statistics.median(cpu_times) / k)
-  return {'cells': result, 'steps_per_cell': steps_per_cell(configs[0]),
+        cells.hyperparameters(configs[:k], 100))
+  timed = timing.interleave(columns, rounds, steps, timing.matmul_step())
+  result = {}
+  for name, t in timed['columns'].items():
+    k = 1 if name == 'single' else name
+    result[name] = {
+        'compile_s': t['first_s'],
+        'wall': [statistics.median(r) / k for r in t['rounds']],
+        'cpu': [statistics.median(r) / k for r in t['cpu_rounds']]}
+  return {'cells': result,
+          'steps_per_cell': steps_per_cell(configs[0], CIFAR10_TRAIN),
           'cells_config': [(c.learning_rate, c.l2.weight) for c in configs]}
 
 
@@ -172,6 +178,9 @@ def main(argv):
   try:
     ks = [int(k) for k in FLAGS.cells]
     preset = presets.get_config(FLAGS.preset)
+    preset_cells(preset, max(ks))
+    if min(ks) < 1:
+      raise ValueError(f'--cells={min(ks)}: K must be at least 1')
     for layers in FLAGS.layers:
       models.layer_set(layers)
   except (ValueError, L2JaxError) as e:

@@ -70,8 +70,8 @@ def report(method: str, lr: float, holdout: list, fold_rows: list,
   pct = lambda m, s: (f'{100 * m:.2f} ± {100 * s:.2f}' if math.isfinite(s)
                       else f'{100 * m:.2f}')
   lines = [f'# λ for {method} at lr {lr:g}', '', *header, '',
-           f'Accuracy in %, mean ± std (ddof 1). Chosen by the mean '
-           f'validation accuracy over '
+           'Accuracy in %, mean ± std (ddof 1). Chosen by the mean '
+           'validation accuracy over '
            + (f'{folds} folds (k-fold cross-validation at seed '
               f'{fold_rows[0]["seed"]})' if by_fold else 'seeds (hold-out)')
            + '. A seed sets the initialization, the data order and the '

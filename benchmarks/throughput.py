@@ -93,9 +93,7 @@ def build_step(config, dataset: data_lib.Dataset):
                                          100, init_rng)
   p_train_step = train.pmap_train_step(config, penalties,
                                        *dataset.channel_stats(), 100)
-  images, labels = next(jax_utils.prefetch_to_device(data_lib.train_batches(
-      dataset.train, config.batch_size, config.seed, 1,
-      host=devices.host()), 1))
+  images, labels = timing.first_batch(config, dataset)
   return p_train_step, (devices.replicate(state), images, labels,
                         jax_utils.replicate(train_rng))
 

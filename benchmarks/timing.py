@@ -6,11 +6,13 @@ import resource
 import statistics
 import time
 
+from flax import jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from l2jax import data as data_lib
+from l2jax import devices
 
 MATMUL_SIZE = 2048
 IMAGE_SHAPE = (32, 32, 3)
@@ -94,3 +96,11 @@ def synthetic_data(batch_size: int) -> data_lib.Dataset:
       rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8),
       rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32))
   return data_lib.Dataset(split, None, split, NUM_CLASSES)
+
+
+def first_batch(config, dataset: data_lib.Dataset) -> tuple:
+  """(images, labels): the first training batch on the devices, as
+  `train.train_and_evaluate` feeds it."""
+  return next(jax_utils.prefetch_to_device(data_lib.train_batches(
+      dataset.train, config.batch_size, config.seed, 1,
+      host=devices.host()), 1))
