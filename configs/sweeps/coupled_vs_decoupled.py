@@ -19,6 +19,12 @@ of λ starts around `l2` (λ at the first lr, moved by `guess` decades a
 decade of lr) and is widened by `benchmarks.coupled_vs_decoupled` until
 its best λ has a neighbour on both sides. `smoke` and `smoke_bn` exercise
 every output in CI; their numbers mean nothing.
+
+Measured runtime: `cpu_bn` grew to 258 cells, whose training summed to 613
+min; run two at a time (`--executor=local --parallel=2 --pin=cores`) on a
+2-core CPU that other work also loaded, that is about 5.1 h of wall time
+(benchmarks/results/separability/cpu_bn/). `cpu` and `cpu_mixed` have not
+been run yet at these settings.
 """
 
 import ml_collections
