@@ -35,6 +35,7 @@ only while s_t changes slowly on that scale.
 """
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -168,6 +169,17 @@ def _with_paths(tree) -> dict:
           jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'axis_name'))
+def _train_logits(apply_fn, variables, x, axis_name):
+  """Training-mode logits on `x`, compiled once per model (bound `apply`s
+  compare by their module) and reused for every group's doubling."""
+  out, _ = jax.vmap(
+      lambda v: apply_fn(variables, v, train=True, mutable=['batch_stats'],
+                         rngs={'dropout': jax.random.key(0)}),
+      axis_name=axis_name)(x[None])
+  return out[0]
+
+
 def scale_invariant_groups(apply_fn, variables, x, axis_name: Optional[str],
                            rtol: float = 1e-4) -> dict:
   """{group: whether the training-mode logits on `x` stay the same when the
@@ -177,12 +189,8 @@ def scale_invariant_groups(apply_fn, variables, x, axis_name: Optional[str],
   `axis_name`: the models' batch-norm axis, bound here by a vmap of one.
   """
   def logits(params):
-    out, _ = jax.vmap(
-        lambda v: apply_fn({**variables, 'params': params}, v, train=True,
-                           mutable=['batch_stats'],
-                           rngs={'dropout': jax.random.key(0)}),
-        axis_name=axis_name)(x[None])
-    return np.asarray(out[0], np.float64)
+    return np.asarray(_train_logits(apply_fn, {**variables, 'params': params},
+                                    x, axis_name), np.float64)
 
   params = variables['params']
   base = logits(params)
