@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,14 +37,20 @@ def args(out, data, preset):
 
 @pytest.fixture(scope='module')
 def smoke_bn(cifar_small, tmp_path_factory):
-  """The batch-norm smoke sweep, inline and through submitit's local
-  executor, two jobs at once."""
-  runs = {}
-  for executor in ('inline', 'local'):
-    out = tmp_path_factory.mktemp(executor)
-    extra = ['--executor=local', '--parallel=2'] if executor == 'local' else []
-    runs[executor] = (out, run_benchmark(
-        'coupled_vs_decoupled', *args(out, cifar_small, 'smoke_bn'), *extra))
+  """The batch-norm smoke sweep inline; then a copy of its cells, less the
+  two decayed ones, finished through submitit's local executor, two jobs at
+  once."""
+  inline = tmp_path_factory.mktemp('inline')
+  runs = {'inline': (inline, run_benchmark(
+      'coupled_vs_decoupled', *args(inline, cifar_small, 'smoke_bn')))}
+  local = tmp_path_factory.mktemp('local') / 'sweep'
+  shutil.copytree(inline / 'cells', local / 'cells')
+  for cell in local.glob('cells/*/*'):
+    if '_lambda0_' not in cell.name:
+      shutil.rmtree(cell)
+  runs['local'] = (local, run_benchmark(
+      'coupled_vs_decoupled', *args(local, cifar_small, 'smoke_bn'),
+      '--executor=local', '--parallel=2'))
   return runs
 
 
@@ -81,6 +88,7 @@ def test_smoke_bn_writes_every_output_with_the_rotation_measures(smoke_bn):
 def test_the_local_executor_gives_the_inline_results(smoke_bn):
   (inline, _), (local, result) = smoke_bn['inline'], smoke_bn['local']
   assert result.returncode == 0, result.stderr[-3000:]
+  assert '2 of 3 cells to train' in result.stdout, result.stdout
   assert untimed(read_csv(local / 'results.csv')) == untimed(
       read_csv(inline / 'results.csv'))
   assert (local / 'submitit').is_dir()  # submitit's job records.

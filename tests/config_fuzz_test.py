@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 import ml_collections
+import pytest
 
 from configs import cifar
 from l2jax import configuration
@@ -105,6 +106,23 @@ def fresh_flags(argv):
       if name.startswith('config.'):
         delattr(main.FLAGS, name)
     main.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize('override, fragments', [
+    ('--config.num_epochs=abc', ['--config.num_epochs=abc',
+                                 'invalid literal for int()']),
+    ('--config.augment=maybe', ['--config.augment=maybe', 'Non-boolean']),
+    ('--config.l2.wieght=1', ["no key 'wieght'", 'Did you mean "weight"']),
+])
+def test_a_value_that_does_not_parse_stops_in_one_line_naming_it(override,
+                                                                 fragments):
+  argv = ['l2jax', '--config=configs/cifar.py', '--workdir=unused', override]
+  with fresh_flags(argv), pytest.raises(SystemExit) as stop:
+    main.parse_flags(list(argv))
+  assert stop.value.code.startswith('l2jax: error: ')
+  assert_one_line(stop.value.code)
+  for fragment in fragments:
+    assert fragment in stop.value.code
 
 
 @settings(max_examples=150, deadline=None)

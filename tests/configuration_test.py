@@ -89,6 +89,18 @@ def test_shipped_configs_and_masks_pass(get_config, model, mask):
                              'seed_cnn']),
     (dict(layers='gpu'),
      ["config.layers='gpu' is not one of auto, cpu_tuned, flax"]),
+    (dict(learning_rate=float('inf')),
+     ['config.learning_rate=inf must be a finite number']),
+    (dict(optimizer='lamb'), ["config.optimizer='lamb' is not one of sgd, adam"]),
+    (dict(validation_fraction=1.0),
+     ['config.validation_fraction=1.0 must lie in [0, 1)']),
+    ({'l2.mask': '('}, ["config.l2.mask='('", 'not a valid regular expression']),
+    ({'l2.mode': 'none'},
+     ['config.l2.weight=0.0005 has no effect', 'config.l2.mode=none']),
+    (dict(warmup_epochs=3.0, num_epochs=3),
+     ['config.warmup_epochs=3.0', 'config.num_epochs=3']),
+    (dict(dataset='folder:/data/x', manual_dir='/tmp'),
+     ["config.manual_dir='/tmp' has no effect"]),
 ])
 def test_wrong_values_are_named(changes, fragments):
   config = cifar.get_config()
@@ -97,6 +109,7 @@ def test_wrong_values_are_named(changes, fragments):
     configuration.validate(config, num_devices=1)
   for fragment in fragments:
     assert fragment in str(error.value)
+  assert '\n' not in str(error.value)
 
 
 def test_masks_are_resolved_once_on_the_run_parameters():

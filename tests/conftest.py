@@ -1,10 +1,16 @@
-"""The process settings every test runs under, and the fixture of the real
-CIFAR-10 copy from ../shared/data. Helpers live in helpers.py."""
+"""The process settings every test runs under (the CPU speed layer's, and a
+compilation cache), and the fixture of the real CIFAR-10 copy from
+../shared/data. Helpers live in helpers.py."""
 
+import atexit
 import collections
+import os
 import pathlib
+import shutil
 import tarfile
+import tempfile
 
+import jax
 import pytest
 
 import helpers
@@ -12,6 +18,24 @@ from l2jax import cpu
 
 # The settings l2jax.main trains under, before any test runs JAX.
 cpu.configure()
+
+
+def _share_compiled_programs() -> None:
+  """JAX's persistent compilation cache, for this process and the CLI and
+  benchmark processes it starts (through the environment): most of the
+  suite's time went to compiling the same few programs again in fresh
+  processes. One new cache a pytest worker, removed at exit, so no test sees
+  another session's programs, and no two workers write one entry (JAX writes
+  entries in place)."""
+  path = tempfile.mkdtemp(prefix='l2jax-test-jax-cache-')
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+
+
+_share_compiled_programs()
 
 
 @pytest.fixture(scope='session')

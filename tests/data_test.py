@@ -1,8 +1,11 @@
 """Data loading, batching and device-side augmentation."""
 
+import shutil
+
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
 from helpers import write_folder
@@ -118,6 +121,36 @@ def test_folder_errors_name_the_path(tmp_path):
   write_folder(tmp_path / 'mixed', sizes={('train', 'dog', 1): (7, 6, 3)})
   with pytest.raises(DataError, match='one size'):
     data.load(folder_config(tmp_path / 'mixed'))
+
+
+def _empty(folder):
+  shutil.rmtree(folder)
+  folder.mkdir()
+
+
+@pytest.mark.parametrize('breaks, fragments', [
+    (lambda root: shutil.rmtree(root / 'test'), ['{root} has no test/ folder']),
+    (lambda root: _empty(root / 'test'), ['{root}/test is empty']),
+    (lambda root: _empty(root / 'train/dog'),
+     ['class folder {root}/train/dog holds no', 'image']),
+    (lambda root: (root / 'test/dog').rename(root / 'test/cow'),
+     ['only in train: dog', 'only in test: cow']),
+    (lambda root: (root / 'train/notes.txt').write_text('cats'),
+     ['{root}/train/notes.txt is a file']),
+    (lambda root: Image.fromarray(np.zeros((7, 6, 3), np.uint8)).save(
+        root / 'train/dog/1.png'), ['{root}/train/dog/1.png is 7x6 pixels',
+                                    'one size']),
+], ids=['no test split', 'empty split', 'class without images',
+        'classes differ', 'a file among the classes', 'images of two sizes'])
+def test_a_malformed_folder_is_one_line_naming_what_is_wrong(tmp_path, breaks,
+                                                             fragments):
+  write_folder(tmp_path)
+  breaks(tmp_path)
+  with pytest.raises(DataError) as error:
+    data.load(folder_config(tmp_path))
+  for fragment in fragments:
+    assert fragment.format(root=tmp_path) in str(error.value)
+  assert '\n' not in str(error.value)
 
 
 def test_tfds_offline_is_a_one_line_data_error(tmp_path, monkeypatch):

@@ -112,7 +112,7 @@ def test_fine_tuning_with_every_regularizer_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize('name, options', [
-    ('resnet20', {'dropout': 0.3}),
+    ('allconv_bn', {'dropout': 0.3}),
     ('seed_cnn_narrow', {'batch_norm': True, 'dropout': 0.5})])
 def test_batch_norm_and_dropout_models_train_and_evaluate(tmp_path, name,
                                                           options):
