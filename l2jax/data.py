@@ -2,7 +2,8 @@
 
 `config.dataset` is a TFDS name (read with `config.data_dir`, prepared from
 `config.manual_dir` when set) or ``folder:PATH``, read with
-`tfds.folder_dataset.ImageFolder` (PATH/train/<class>/*.jpg, PATH/test/...).
+`tfds.folder_dataset.ImageFolder` (PATH/train/<class>/*.jpg, PATH/test/...)
+and kept decoded by `l2jax.data_cache`.
 Normalization and augmentation happen on the device (`l2jax.augment`).
 """
 
@@ -18,6 +19,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from l2jax import data_cache
 from l2jax import devices
 from l2jax import logs
 from l2jax.errors import ConfigError, DataError
@@ -118,17 +120,27 @@ def _read_split(builder, split: str) -> Split:
 def _load_folder(path: str):
   root = os.path.abspath(os.path.expanduser(path))
   _check_folder_layout(root)
+  arrays = data_cache.cached(root, lambda: _decode_folder(root))
+  return (Split(arrays['train_images'], arrays['train_labels']),
+          Split(arrays['test_images'], arrays['test_labels']),
+          int(arrays['num_classes']))
+
+
+def _decode_folder(root: str) -> dict:
+  """{train,test}_{images,labels} and num_classes, through ImageFolder."""
   logs.import_tensorflow()  # Before TFDS does, which ImageFolder does.
   with _tfds_temp_folder_removed():
     builder = tfds.folder_dataset.ImageFolder(root)
-  splits = []
+  arrays = {'num_classes': np.array(builder.info.features['label'].num_classes)}
   for split in ('train', 'test'):
     try:
-      splits.append(_read_split(builder, split))
+      read = _read_split(builder, split)
     except Exception as e:  # TF reports mixed sizes and bad files variously.
       raise DataError(_name_bad_image(os.path.join(root, split),
                                       builder.info.features['image'])) from e
-  return splits[0], splits[1], builder.info.features['label'].num_classes
+    arrays[f'{split}_images'] = read.images
+    arrays[f'{split}_labels'] = read.labels
+  return arrays
 
 
 def _check_folder_layout(root: str) -> None:

@@ -1,5 +1,5 @@
-"""The process settings every test runs under (the CPU speed layer's, and a
-compilation cache), and the fixture of the real CIFAR-10 copy from
+"""The process settings every test runs under (the CPU speed layer's, and
+fresh caches), and the fixture of the real CIFAR-10 copy from
 ../shared/data. Helpers live in helpers.py."""
 
 import atexit
@@ -20,22 +20,24 @@ from l2jax import cpu
 cpu.configure()
 
 
-def _share_compiled_programs() -> None:
-  """JAX's persistent compilation cache, for this process and the CLI and
-  benchmark processes it starts (through the environment): most of the
-  suite's time went to compiling the same few programs again in fresh
-  processes. One new cache a pytest worker, removed at exit, so no test sees
-  another session's programs, and no two workers write one entry (JAX writes
+def _fresh_caches() -> None:
+  """JAX's persistent compilation cache and l2jax's decoded-folder cache, for
+  this process and the CLI and benchmark processes it starts (through the
+  environment): most of the suite's time went to compiling the same few
+  programs again in fresh processes. New caches for each pytest worker,
+  removed at exit: no test sees another session's entries, nothing is
+  written in ~/.cache, and no two workers write one entry (JAX writes its
   entries in place)."""
-  path = tempfile.mkdtemp(prefix='l2jax-test-jax-cache-')
+  path = tempfile.mkdtemp(prefix='l2jax-test-caches-')
   atexit.register(shutil.rmtree, path, ignore_errors=True)
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  os.environ['L2JAX_CACHE_DIR'] = os.path.join(path, 'l2jax')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(path, 'jax')
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_compilation_cache_dir', os.path.join(path, 'jax'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
-_share_compiled_programs()
+_fresh_caches()
 
 
 @pytest.fixture(scope='session')

@@ -11,6 +11,7 @@ import pytest
 from helpers import write_folder
 from l2jax import augment
 from l2jax import data
+from l2jax import data_cache
 from l2jax import devices
 from l2jax.errors import ConfigError, DataError
 
@@ -151,6 +152,43 @@ def test_a_malformed_folder_is_one_line_naming_what_is_wrong(tmp_path, breaks,
   for fragment in fragments:
     assert fragment.format(root=tmp_path) in str(error.value)
   assert '\n' not in str(error.value)
+
+
+def test_a_folder_is_decoded_once_then_read_from_the_cache(tmp_path,
+                                                          monkeypatch):
+  monkeypatch.setenv(data_cache.ENV, str(tmp_path / 'cache'))
+  decoded = []
+  decode = data._decode_folder
+  monkeypatch.setattr(data, '_decode_folder',
+                      lambda root: decoded.append(root) or decode(root))
+  written = write_folder(tmp_path / 'data')
+  config = folder_config(tmp_path / 'data')
+  first, second = data.load(config), data.load(config)
+  assert len(decoded) == 1
+  assert len(list((tmp_path / 'cache' / 'folders').glob('*.npz'))) == 1
+  for dataset in (first, second):
+    assert dataset.num_classes == 2 and dataset.image_shape == (6, 6, 3)
+    for name, split in (('train', dataset.train), ('test', dataset.test)):
+      assert sorted(written[(name, i.tobytes())] for i in split.images) == \
+          sorted(split.labels.tolist())
+  # Another image in a file's place: a new entry, decoded anew.
+  pixels = np.full((6, 6, 3), 7, np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'data' / 'train' / 'dog' / '0.png')
+  third = data.load(config)
+  assert len(decoded) == 2
+  assert any((i == pixels).all() for i in third.train.images)
+  assert not any((i == pixels).all() for i in second.train.images)
+
+
+def test_a_cache_that_cannot_be_written_or_is_off_only_decodes(tmp_path,
+                                                              monkeypatch):
+  write_folder(tmp_path / 'data')
+  (tmp_path / 'file').write_text('')
+  for setting in (str(tmp_path / 'file'), ''):  # folders/ cannot be made.
+    monkeypatch.setenv(data_cache.ENV, setting)
+    assert len(data.load(folder_config(tmp_path / 'data')).train) == 6
+  assert data_cache.directory() is None
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['data', 'file']
 
 
 def test_tfds_offline_is_a_one_line_data_error(tmp_path, monkeypatch):

@@ -102,11 +102,13 @@ def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
   # Outside pmap: batch statistics over this batch alone.
   model, variables = init(name, dropout=0.5, axis_name=None)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  evaluated = model.apply(variables, x, train=False)
+  evaluated = jax.jit(functools.partial(model.apply, train=False))(variables,
+                                                                   x)
   chex.assert_shape(evaluated, (4, 10))
-  trained = [model.apply(variables, x, train=True, mutable=['batch_stats'],
-                         rngs={'dropout': jax.random.key(k)})[0]
-             for k in (2, 3)]
+  train = jax.jit(lambda key: model.apply(
+      variables, x, train=True, mutable=['batch_stats'],
+      rngs={'dropout': key})[0])
+  trained = [train(jax.random.key(k)) for k in (2, 3)]
   assert not jnp.allclose(trained[0], trained[1])
 
 
@@ -132,7 +134,7 @@ def test_cpu_tuned_layers_give_the_gradients_of_flax_layers(name,
              for layers in (models.CPU_TUNED, models.FLAX)}
     init = {key: functools.partial(m.init, train=False)
             for key, m in model.items()}
-    variables = init['flax'](jax.random.key(0), x)
+    variables = jax.jit(init['flax'])(jax.random.key(0), x)
     # One initialization for both (CPU_TUNED's would compile its Winograd
     # convolutions one by one): the trees are the same.
     chex.assert_trees_all_equal_shapes_and_dtypes(
