@@ -169,27 +169,29 @@ def _with_paths(tree) -> dict:
           jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'axis_name'))
-def _train_logits(apply_fn, variables, x, axis_name):
-  """Training-mode logits on `x`, compiled once per model (bound `apply`s
-  compare by their module) and reused for every group's doubling."""
+@functools.partial(jax.jit, static_argnames=('model', 'axis_name'))
+def _train_logits(model, variables, x, axis_name):
+  """Training-mode logits on `x`, compiled once per model (modules compare
+  by their fields, so a sweep's cells share it) and reused for every group's
+  doubling."""
   out, _ = jax.vmap(
-      lambda v: apply_fn(variables, v, train=True, mutable=['batch_stats'],
-                         rngs={'dropout': jax.random.key(0)}),
+      lambda v: model.apply(variables, v, train=True, mutable=['batch_stats'],
+                            rngs={'dropout': jax.random.key(0)}),
       axis_name=axis_name)(x[None])
   return out[0]
 
 
-def scale_invariant_groups(apply_fn, variables, x, axis_name: Optional[str],
+def scale_invariant_groups(model, variables, x, axis_name: Optional[str],
                            rtol: float = 1e-4) -> dict:
-  """{group: whether the training-mode logits on `x` stay the same when the
-  group's kernels are doubled}: a kernel followed by a normalization is
-  scale-invariant, one that reaches the output unnormalized is not.
+  """{group: whether `model`'s training-mode logits on `x` stay the same
+  when the group's kernels are doubled}: a kernel followed by a
+  normalization is scale-invariant, one that reaches the output unnormalized
+  is not.
 
   `axis_name`: the models' batch-norm axis, bound here by a vmap of one.
   """
   def logits(params):
-    return np.asarray(_train_logits(apply_fn, {**variables, 'params': params},
+    return np.asarray(_train_logits(model, {**variables, 'params': params},
                                     x, axis_name), np.float64)
 
   params = variables['params']

@@ -312,7 +312,7 @@ def structure(model, state, dataset: data_lib.Dataset,
   and the share of the decayed parameters they hold."""
   x = augment.normalize(dataset.train.images[:16], *dataset.channel_stats())
   invariant = equilibrium.scale_invariant_groups(
-      model.apply, {'params': state.params, 'batch_stats': state.batch_stats},
+      model, {'params': state.params, 'batch_stats': state.batch_stats},
       x, devices.AXIS)
   return {**{f'scale_invariant/{g}': v for g, v in invariant.items()},
           'scale_invariant_share': equilibrium.invariant_share(

@@ -112,7 +112,7 @@ def test_the_models_kernels_before_batch_norm_are_the_invariant_ones(
   model = models.create_model(name, 10, **options)
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
   variables = model.init(jax.random.key(1), x, train=False)
-  got = equilibrium.scale_invariant_groups(model.apply, variables, x, 'batch')
+  got = equilibrium.scale_invariant_groups(model, variables, x, 'batch')
   assert {g for g, v in got.items() if v} == invariant
   assert 'Dense_0' in got or 'Dense_1' in got
   every = jax.tree.map(lambda _: True, variables['params'])

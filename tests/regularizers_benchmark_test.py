@@ -12,7 +12,7 @@ from helpers import read_csv
 from helpers import run_benchmark
 
 
-def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
+def test_smoke_preset_writes_every_cell_and_the_report(
     cifar_small, tmp_path):
   args = ['--preset=smoke', f'--out={tmp_path}', f'--data=folder:{cifar_small}']
   result = run_benchmark('regularizers', *args)
@@ -51,11 +51,8 @@ def test_smoke_preset_writes_every_cell_and_the_report_then_skips_them(
                    'Run time:', '## Reading', 'Sparsity', 'σ 0.1'):
     assert fragment in report, fragment
   assert '\n[1/7] ' in result.stdout  # One line a cell trained.
-
-  again = run_benchmark('regularizers', *args)  # Restart: every cell is done.
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert '(0 of 7 cells trained' in again.stdout
-  assert read_csv(tmp_path / 'results.csv') == rows
+  # Skipping finished cells on a rerun is the runner's, as benchmark_test
+  # drives it.
 
 
 def row(method, val, val_loss=1.0, test=0.5, **cell):
