@@ -9,13 +9,15 @@ removing an image makes a new entry; old entries stay until the folder is
 deleted. `L2JAX_CACHE_DIR=` (empty) turns the cache off.
 
 An entry is written to a temporary file and renamed into place, so runs
-started together never read half of one. A cache that cannot be written is
-skipped with a warning: it only saves time.
+started together never read half of one. An entry that cannot be read is
+decoded again, and a cache that cannot be written is skipped, each with a
+warning: the cache only saves time.
 """
 
 import hashlib
 import os
 import tempfile
+import zipfile
 from typing import Callable, Optional
 
 from absl import logging
@@ -53,9 +55,14 @@ def cached(root: str, read: Callable[[], dict]) -> dict:
     return read()
   path = os.path.join(folder, folder_key(root) + '.npz')
   if os.path.exists(path):
-    logging.info('decoded images from the cache: %s', path)
-    with np.load(path) as entry:
-      return {name: entry[name] for name in entry.files}
+    try:
+      with np.load(path) as entry:
+        arrays = {name: entry[name] for name in entry.files}
+      logging.info('decoded images from the cache: %s', path)
+      return arrays
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+      logging.warning('cache entry %s cannot be read (%s); decoding again',
+                      path, e)
   arrays = read()
   temporary = None
   try:

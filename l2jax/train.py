@@ -48,8 +48,8 @@ def init_variables(model, rng, image_shape: tuple) -> dict:
   """`model`'s variables for images of `image_shape`, as one compiled program.
 
   Modules compare by their fields, so the cells of a sweep in one process
-  share the program; op by op, the init ran ~80 small programs (4.7 s of a
-  CPU run's start-up for seed_cnn_narrow).
+  share the program; op by op, the init ran ~80 small ones
+  (docs/performance.md, start-up).
   """
   return model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
                     train=False)

@@ -178,6 +178,15 @@ def test_a_folder_is_decoded_once_then_read_from_the_cache(tmp_path,
   assert len(decoded) == 2
   assert any((i == pixels).all() for i in third.train.images)
   assert not any((i == pixels).all() for i in second.train.images)
+  # A damaged entry is decoded again, and replaced.
+  entry, = (tmp_path / 'cache' / 'folders').glob(
+      data_cache.folder_key(str(tmp_path / 'data')) + '.npz')
+  entry.write_bytes(b'damaged')
+  fourth = data.load(config)
+  assert len(decoded) == 3
+  np.testing.assert_array_equal(fourth.train.images, third.train.images)
+  assert data.load(config).train.labels.tolist() == third.train.labels.tolist()
+  assert len(decoded) == 3
 
 
 def test_a_cache_that_cannot_be_written_or_is_off_only_decodes(tmp_path,
