@@ -20,7 +20,8 @@ configs/sweeps/coupled_vs_decoupled.py). Writes to `--out`:
   λ = 0, and the Δθ ratios (`benchmarks.separability`);
 - `heatmaps.png`, `collapse.png`, `angles.png`, `report.md`.
 
-`--report_only` rebuilds them from the cells' files.
+`--report_only` rebuilds them from the cells' files. `--methods=sgd,sgdw`
+runs (or reports) one pair only; run the rest later into the same `--out`.
 """
 
 import math
@@ -183,6 +184,8 @@ def main(argv):
   out = cli.start('coupled_vs_decoupled', argv)
   start = time.perf_counter()
   preset = cli.load_preset('coupled_vs_decoupled', FLAGS.preset)
+  if FLAGS.methods:
+    preset.methods = tuple(m for m in preset.methods if m in FLAGS.methods)
   trained = 0
   if FLAGS.select:
     try:
@@ -221,6 +224,11 @@ if __name__ == '__main__':
   flags.DEFINE_enum('select', None, list(presets.METHODS),
                     "Choose λ for this method at the preset's select_lr "
                     'instead of running the grid.')
+  flags.DEFINE_list('methods', None, "Run only these of the preset's "
+                    'methods (default: all), e.g. --methods=sgd,sgdw.')
+  flags.register_validator(
+      'methods', lambda ms: set(ms or ()) <= set(presets.METHODS),
+      f'--methods takes a comma-separated list of {", ".join(presets.METHODS)}')
   flags.DEFINE_integer('folds', 1, 'With --select: 1 for a hold-out split '
                        'over seeds, k ≥ 2 for k-fold cross-validation.',
                        lower_bound=1)

@@ -86,9 +86,11 @@ def heatmaps(rows: list, analysis: dict, preset, path: str) -> None:
 
 
 def _pairs(preset) -> list:
-  """[(coupled method, decoupled method)] of the same optimizer."""
-  return [(c, d) for c, d in (('sgd', 'sgdw'), ('adam', 'adamw'))
-          if c in preset.methods and d in preset.methods]
+  """[(coupled method, decoupled method)] of each optimizer, or (method,)
+  where the preset runs only one of them (--methods)."""
+  pairs = [tuple(m for m in pair if m in preset.methods)
+           for pair in (('sgd', 'sgdw'), ('adam', 'adamw'))]
+  return [pair for pair in pairs if pair]
 
 
 def collapse(rows: list, preset, path: str) -> None:
@@ -96,8 +98,8 @@ def collapse(rows: list, preset, path: str) -> None:
   Σ_t s_t, every decayed cell of both methods of a pair: under batch norm
   the decay acts through s alone, and the two fall on one curve."""
   pairs = _pairs(preset)
-  fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(6 * len(pairs), 4.5),
-                           squeeze=False)
+  fig, axes = plt.subplots(1, len(pairs), squeeze=False,
+                           figsize=(max(6 * len(pairs), 9), 4.5))
   for ax, pair in zip(axes[0], pairs):
     for method, marker in zip(pair, ('o', 's')):
       cells = {}
@@ -116,8 +118,9 @@ def collapse(rows: list, preset, path: str) -> None:
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
     ax.set(xscale='log', xlabel='Σ_t s_t (total shrink from the decay)',
-           ylabel='validation accuracy', title=f'{pair[0]} (filled) and '
-           f'{pair[1]} (open)')
+           ylabel='validation accuracy',
+           title=' and '.join(f'{m} ({fill})'
+                              for m, fill in zip(pair, ('filled', 'open'))))
     ax.axvline(5, color='grey', linestyle=':', linewidth=1)
   fig.suptitle('Accuracy against the decay\'s total shrink'
                + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))

@@ -15,10 +15,7 @@ from helpers import cpu_env
 from helpers import read_csv
 from helpers import REPO
 from helpers import run_benchmark
-
-
-def args(out, data, preset):
-  return [f'--preset={preset}', f'--out={out}', f'--data=folder:{data}']
+from helpers import sweep_args
 
 
 def test_a_killed_sweep_finishes_only_what_was_left_and_a_failed_cell_is_kept(
@@ -31,8 +28,8 @@ def test_a_killed_sweep_finishes_only_what_was_left_and_a_failed_cell_is_kept(
       presets.get_config('smoke'))[-1]))
   broken.mkdir(parents=True)
   (broken / 'metrics.jsonl').write_text('{"epoch": 1}\n')
-  command = [sys.executable, '-m', 'benchmarks.coupled_vs_decoupled',
-             *args(out, cifar_small, 'smoke')]
+  smoke = sweep_args(out, cifar_small, 'smoke')
+  command = [sys.executable, '-m', 'benchmarks.coupled_vs_decoupled', *smoke]
   process = subprocess.Popen(command, cwd=REPO, env=cpu_env(),
                              stdout=subprocess.PIPE, text=True)
   total = None
@@ -46,8 +43,7 @@ def test_a_killed_sweep_finishes_only_what_was_left_and_a_failed_cell_is_kept(
   done = sum(1 for p in (out / 'cells').glob('*/*/summary.json'))
   assert 2 <= done < total
 
-  rerun = run_benchmark('coupled_vs_decoupled', *args(out, cifar_small,
-                                                      'smoke'))
+  rerun = run_benchmark('coupled_vs_decoupled', *smoke)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f'{total - done} of {total} cells to train' in rerun.stdout
   rows = read_csv(out / 'results.csv')
@@ -60,9 +56,8 @@ def test_a_killed_sweep_finishes_only_what_was_left_and_a_failed_cell_is_kept(
   # λ by 2-fold cross-validation at the select lr: the hold-out cells are
   # the grid's, so only the fold runs, the failed cell (again) and the
   # final run train.
-  select = run_benchmark('coupled_vs_decoupled', *args(out, cifar_small,
-                                                       'smoke'),
-                         '--select=sgdw', '--folds=2')
+  select = run_benchmark('coupled_vs_decoupled', *smoke, '--select=sgdw',
+                         '--folds=2')
   assert select.returncode == 0, select.stderr[-3000:]
   assert '5 of 6 cells to train' in select.stdout  # 2 λ × 2 folds + 1.
   text = (out / 'select_sgdw.md').read_text()

@@ -108,15 +108,26 @@ def fresh_flags(argv):
     main.FLAGS.unparse_flags()
 
 
-@pytest.mark.parametrize('override, fragments', [
-    ('--config.num_epochs=abc', ['--config.num_epochs=abc',
-                                 'invalid literal for int()']),
-    ('--config.augment=maybe', ['--config.augment=maybe', 'Non-boolean']),
-    ('--config.l2.wieght=1', ["no key 'wieght'", 'Did you mean "weight"']),
-])
-def test_a_value_that_does_not_parse_stops_in_one_line_naming_it(override,
-                                                                 fragments):
-  argv = ['l2jax', '--config=configs/cifar.py', '--workdir=unused', override]
+RUN = ('--config=configs/cifar.py', '--workdir=unused')
+
+
+@pytest.mark.parametrize('arguments, fragments', [
+    ((*RUN, '--config.num_epochs=abc'),
+     ['--config.num_epochs=abc', 'invalid literal for int()']),
+    ((*RUN, '--config.augment=maybe'), ['--config.augment=maybe',
+                                       'Non-boolean']),
+    ((*RUN, '--config.l2.wieght=1'), ["no key 'wieght'",
+                                      'Did you mean "weight"']),
+    (('--config=configs/missing.py', '--workdir=unused'),
+     ['cannot load the config file', 'configs/missing.py']),
+    (RUN[:1], ['--workdir', 'must have a value']),
+    ((*RUN, 'epochs=3'), ['unexpected arguments: epochs=3',
+                          '--config.KEY=VALUE']),
+], ids=['not an int', 'not a bool', 'unknown key', 'no config file',
+        'no workdir', 'a stray argument'])
+def test_a_flag_that_does_not_parse_stops_in_one_line_naming_it(arguments,
+                                                                fragments):
+  argv = ['l2jax', *arguments]
   with fresh_flags(argv), pytest.raises(SystemExit) as stop:
     main.parse_flags(list(argv))
   assert stop.value.code.startswith('l2jax: error: ')

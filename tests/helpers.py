@@ -74,6 +74,12 @@ def run_benchmark(name: str, *args, timeout: int = 600
       env=cpu_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def sweep_args(out, data, preset: str) -> list:
+  """The flags of a benchmark sweep of `preset` over the image folder `data`
+  into `out`."""
+  return [f'--preset={preset}', f'--out={out}', f'--data=folder:{data}']
+
+
 def read_csv(path) -> list:
   with open(path, newline='') as f:
     return list(csv.DictReader(f))
