@@ -180,13 +180,26 @@ def select(preset, method: str, folds: int, out: str,
       sweep.header(preset, every, 0.0, trained, cifar.get_config())), trained
 
 
+def only(preset, methods) -> tuple:
+  """The preset's methods that `methods` (--methods) names; SystemExit if it
+  names one the preset does not run."""
+  missing = [m for m in methods if m not in preset.methods]
+  if missing:
+    raise SystemExit(
+        f'coupled_vs_decoupled: error: --methods={",".join(methods)}: preset '
+        f'{preset.preset} does not run {", ".join(missing)}; it runs '
+        f'{",".join(preset.methods)}')
+  return tuple(m for m in preset.methods if m in methods)
+
+
 def main(argv):
   out = cli.start('coupled_vs_decoupled', argv)
   start = time.perf_counter()
   preset = cli.load_preset('coupled_vs_decoupled', FLAGS.preset)
-  if FLAGS.methods:
-    preset.methods = tuple(m for m in preset.methods if m in FLAGS.methods)
   trained = 0
+  if FLAGS.select and FLAGS.methods:
+    raise SystemExit('coupled_vs_decoupled: error: --select chooses λ for one '
+                     'method; drop --methods')
   if FLAGS.select:
     try:
       text, _ = select(preset, FLAGS.select, FLAGS.folds, out, cli.executor(),
@@ -196,6 +209,8 @@ def main(argv):
     outputs.write_atomic(os.path.join(out, f'select_{FLAGS.select}.md'), text)
     print(text, end='')
     return
+  if FLAGS.methods:
+    preset.methods = only(preset, FLAGS.methods)
   try:
     if FLAGS.report_only:
       cells = grown_cells(preset, out)
@@ -224,10 +239,12 @@ if __name__ == '__main__':
   flags.DEFINE_enum('select', None, list(presets.METHODS),
                     "Choose λ for this method at the preset's select_lr "
                     'instead of running the grid.')
-  flags.DEFINE_list('methods', None, "Run only these of the preset's "
-                    'methods (default: all), e.g. --methods=sgd,sgdw.')
+  flags.DEFINE_list('methods', None, "Run (or report) only these of the "
+                    "preset's methods (default: all), e.g. --methods=sgd,sgdw; "
+                    'not with --select.')
   flags.register_validator(
-      'methods', lambda ms: set(ms or ()) <= set(presets.METHODS),
+      'methods', lambda ms: ms is None or bool(ms) and set(ms) <= set(
+          presets.METHODS),
       f'--methods takes a comma-separated list of {", ".join(presets.METHODS)}')
   flags.DEFINE_integer('folds', 1, 'With --select: 1 for a hold-out split '
                        'over seeds, k ≥ 2 for k-fold cross-validation.',

@@ -85,6 +85,10 @@ def heatmaps(rows: list, analysis: dict, preset, path: str) -> None:
   outputs.save_figure(fig, path)
 
 
+def coupled(method: str) -> bool:
+  return presets.METHODS[method][1] == 'coupled'
+
+
 def _pairs(preset) -> list:
   """[(coupled method, decoupled method)] of each optimizer, or (method,)
   where the preset runs only one of them (--methods)."""
@@ -95,13 +99,15 @@ def _pairs(preset) -> list:
 
 def collapse(rows: list, preset, path: str) -> None:
   """Validation accuracy (mean over seeds) against the total shrink
-  Σ_t s_t, every decayed cell of both methods of a pair: under batch norm
-  the decay acts through s alone, and the two fall on one curve."""
+  Σ_t s_t, every decayed cell of both methods of a pair (coupled filled,
+  decoupled open): under batch norm the decay acts through s alone, and the
+  two fall on one curve."""
   pairs = _pairs(preset)
   fig, axes = plt.subplots(1, len(pairs), squeeze=False,
                            figsize=(max(6 * len(pairs), 9), 4.5))
   for ax, pair in zip(axes[0], pairs):
-    for method, marker in zip(pair, ('o', 's')):
+    for method in pair:
+      marker = 'o' if coupled(method) else 's'
       cells = {}
       for r in rows:
         if r['method'] == method and r['l2_weight'] > 0:
@@ -119,8 +125,8 @@ def collapse(rows: list, preset, path: str) -> None:
     ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
     ax.set(xscale='log', xlabel='Σ_t s_t (total shrink from the decay)',
            ylabel='validation accuracy',
-           title=' and '.join(f'{m} ({fill})'
-                              for m, fill in zip(pair, ('filled', 'open'))))
+           title=' and '.join(f'{m} ({"filled" if coupled(m) else "open"})'
+                              for m in pair))
     ax.axvline(5, color='grey', linestyle=':', linewidth=1)
   fig.suptitle('Accuracy against the decay\'s total shrink'
                + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))

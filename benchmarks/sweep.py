@@ -404,6 +404,8 @@ def header(preset, rows: Sequence[dict], seconds: float, trained: int,
   versions, the run time, and the cells that did not finish."""
   import flax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+  # A cell shared by several rows (a λ = 0 cell of two methods) counts once.
+  rows = list({r['workdir']: r for r in rows}.values())
   unfinished = [r for r in rows if r['status'] != 'done']
   return [
       '    ' + command_line(), '',

@@ -5,7 +5,6 @@ killed and resumed: benchmark_rerun_test.py.)"""
 
 import json
 import math
-import shutil
 
 import pytest
 
@@ -27,17 +26,12 @@ def untimed(rows):
 
 @pytest.fixture(scope='module')
 def smoke_bn(cifar_small, tmp_path_factory):
-  """The batch-norm smoke sweep inline; then a copy of its cells, less the
-  two decayed ones, finished for `adam` alone (--methods) through submitit's
-  local executor."""
+  """The batch-norm smoke sweep inline; then its `adam` cells alone
+  (--methods) through submitit's local executor, two jobs at once."""
   inline = tmp_path_factory.mktemp('inline')
   runs = {'inline': (inline, run_benchmark(
       'coupled_vs_decoupled', *sweep_args(inline, cifar_small, 'smoke_bn')))}
   local = tmp_path_factory.mktemp('local') / 'sweep'
-  shutil.copytree(inline / 'cells', local / 'cells')
-  for cell in local.glob('cells/*/*'):
-    if '_lambda0_' not in cell.name:
-      shutil.rmtree(cell)
   runs['local'] = (local, run_benchmark(
       'coupled_vs_decoupled', *sweep_args(local, cifar_small, 'smoke_bn'),
       '--executor=local', '--parallel=2', '--methods=adam'))
@@ -78,10 +72,20 @@ def test_smoke_bn_writes_every_output_with_the_rotation_measures(smoke_bn):
 def test_the_local_executor_gives_the_inline_results(smoke_bn):
   (inline, _), (local, result) = smoke_bn['inline'], smoke_bn['local']
   assert result.returncode == 0, result.stderr[-3000:]
-  assert '1 of 2 cells to train' in result.stdout, result.stdout
+  assert '2 of 2 cells to train' in result.stdout, result.stdout
   assert untimed(read_csv(local / 'results.csv')) == untimed(
       r for r in read_csv(inline / 'results.csv') if r['method'] == 'adam')
   assert (local / 'submitit').is_dir()  # submitit's job records.
+
+
+def test_methods_the_preset_does_not_run_stop_in_one_line():
+  preset = presets.get_config('smoke_bn')  # adam, adamw.
+  assert cvd.only(preset, ['adamw']) == ('adamw',)
+  with pytest.raises(SystemExit) as stop:
+    cvd.only(preset, ['adam', 'sgd'])
+  assert stop.value.code == (
+      'coupled_vs_decoupled: error: --methods=adam,sgd: preset smoke_bn does '
+      'not run sgd; it runs adam,adamw')
 
 
 def rows_for(method, lr, accuracy_by_weight, shrink=1000.0):

@@ -1,7 +1,9 @@
 """Any value of any config key, set in a config file or given on the command
 line, makes a config that `configuration.validate` accepts or one line of
 ConfigError (or of `l2jax: error:` from the flag parser): never another
-exception. Property-based (hypothesis), bounded to a few seconds."""
+exception. Property-based (hypothesis), bounded to a few seconds. Also the
+flag parser's one-line errors for a missing config file or workdir and a
+stray argument."""
 
 import contextlib
 import math

@@ -88,9 +88,7 @@ def read_csv(path) -> list:
 def cli(workdir, *overrides, devices: int = 1,
         config='configs/cifar.py', env: dict = None) -> dict:
   """subprocess arguments for `python -m l2jax.main` with `devices` CPU
-  devices (without --workdir when `workdir` is None); `env` changes the
-  environment (None: unset)."""
-  workdir = [] if workdir is None else [f'--workdir={workdir}']
+  devices; `env` changes the environment (None: unset)."""
   environ = cpu_env(devices)
   for name, value in (env or {}).items():
     if value is None:
@@ -98,7 +96,7 @@ def cli(workdir, *overrides, devices: int = 1,
     else:
       environ[name] = value
   return dict(args=[sys.executable, '-m', 'l2jax.main', f'--config={config}',
-                    *workdir, *overrides],
+                    f'--workdir={workdir}', *overrides],
               cwd=REPO, env=environ, text=True)
 
 

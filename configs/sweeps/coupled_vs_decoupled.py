@@ -22,9 +22,9 @@ every output in CI; their numbers mean nothing.
 
 Measured runtime, two at a time (`--executor=local --parallel=2
 --pin=cores`) on a 2-core CPU (benchmarks/results/separability/): `cpu_bn`
-grew to 258 cells, whose training summed to 613 min, about 5.1 h of wall
+grew to 234 cells whose wall times summed to 552 min, about 5.1 h of wall
 time with other work loading the machine and before the decoded-data cache;
-`cpu` grew to 258 cells, 260 min summed, about 2 h of wall time.
+`cpu` grew to 234 cells, 235 min summed, about 2 h of wall time.
 """
 
 import ml_collections
@@ -101,9 +101,9 @@ def get_config(preset: str = 'smoke'):
                     f'--preset={preset} --out=runs/cvd_{preset}')
   config.runtime = {
       'smoke': 'about a minute', 'smoke_bn': 'about a minute',
-      'cpu': '260 min of cell training (258 cells after widening), '
+      'cpu': '235 min of cells (234 after widening), '
              '~2 h wall two at a time on 2 cores',
       'cpu_mixed': 'not measured yet',
-      'cpu_bn': '613 min of cell training (258 cells after widening), '
+      'cpu_bn': '552 min of cells (234 after widening), '
                 '~5.1 h wall two at a time on 2 loaded cores'}[preset]
   return config
