@@ -14,9 +14,10 @@ and of the K-cell step (`cells.pmap_train_step`) for each K, on one
 synthetic batch of the preset's size. `--threads=1` pins the process to one
 core, as each of the sweep's `--parallel=2 --pin=cores` jobs is.
 
-Cells per hour = 3600 K / (compilations + steps a cell × K × seconds a cell's
-step): one way K compilations of a cell's step (each cell's own program),
-the other one compilation of the K-cell step. Only training steps and
+Cells per hour = 3600 K / (compilation + steps a cell × K × seconds a cell's
+step): one way one compilation of a cell's step (α and λ are its arguments,
+so the cells share it: `train.hyperparameters`), the other one of the
+K-cell step. Only training steps and
 compilation are counted; loading data, evaluation and checkpoints cost the
 same per cell both ways.
 """
@@ -93,13 +94,13 @@ def measure(preset, layers: str, ks: list, rounds: int, steps: int) -> dict:
     box = [stacked_state]
 
     def step():
-      box[0], metrics = p_step(box[0], *extra, *batch)
+      box[0], metrics = p_step(box[0], *batch, *extra)
       jax.block_until_ready((box[0], metrics))
     return step
 
   columns = {'single': column(
       train.pmap_train_step(configs[0], penalties, mean, std, 100),
-      devices.replicate(state))}
+      devices.replicate(state), train.hyperparameters(configs[0], 100))}
   for k in ks:
     columns[k] = column(
         cells.pmap_train_step(configs[0], penalties, mean, std, 100),
@@ -118,9 +119,9 @@ def measure(preset, layers: str, ks: list, rounds: int, steps: int) -> dict:
           'cells_config': [(c.learning_rate, c.l2.weight) for c in configs]}
 
 
-def per_hour(compile_s: float, cell_step_s: float, k: int, per_cell: int,
-             compilations: int) -> float:
-  return 3600 * k / (compilations * compile_s + per_cell * k * cell_step_s)
+def per_hour(compile_s: float, cell_step_s: float, k: int,
+             per_cell: int) -> float:
+  return 3600 * k / (compile_s + per_cell * k * cell_step_s)
 
 
 def report(preset, measurements: dict, ks: list, rounds: int,
@@ -136,7 +137,7 @@ def report(preset, measurements: dict, ks: list, rounds: int,
       f'- Timing: {rounds} interleaved rounds of {steps} calls of each step; '
       'per-cell step time = the block\'s median / K; speed-up = the median '
       'over rounds of each round\'s ratio (min–max)',
-      '- Cells per hour: 3600 K / (compilations + steps a cell × K × a '
+      '- Cells per hour: 3600 K / (one compilation + steps a cell × K × a '
       'cell\'s step), training steps and compilation only', '',
   ]
   for layers, m in measurements.items():
@@ -162,8 +163,8 @@ def report(preset, measurements: dict, ks: list, rounds: int,
           f'{1e3 * k_wall:.1f} / {1e3 * statistics.median(stacked["cpu"]):.1f}'
           f' | {statistics.median(speed):.2f} ({min(speed):.2f}–'
           f'{max(speed):.2f}) | {statistics.median(speed_cpu):.2f} | '
-          f'{per_hour(single["compile_s"], one_wall, k, per_cell, k):.0f} | '
-          f'{per_hour(stacked["compile_s"], k_wall, k, per_cell, 1):.0f} |')
+          f'{per_hour(single["compile_s"], one_wall, k, per_cell):.0f} | '
+          f'{per_hour(stacked["compile_s"], k_wall, k, per_cell):.0f} |')
     lines.append('')
   return '\n'.join(lines)
 

@@ -17,6 +17,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from benchmarks import sweep
+from l2jax import caches
 from l2jax import cpu
 from l2jax import data as data_lib
 
@@ -75,6 +76,7 @@ def start(name: str, argv) -> str:
   if len(argv) > 1:
     sys.exit(f'{name}: error: unexpected arguments: {" ".join(argv[1:])}')
   cpu.configure()  # As l2jax.main does, before JAX runs anything.
+  caches.compilation_cache()
   logging.set_verbosity(logging.WARNING)  # One line a cell, from sweep.
   tfds.disable_progress_bar()
   if (FLAGS.data == DEFAULT_DATA and not FLAGS.report_only and

@@ -212,8 +212,10 @@ def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
 def _job(jobs: Sequence[tuple], keep_checkpoints: bool, pin: str,
          index: int, parallel: int) -> int:
   """The body of one submitit job: pins itself, then `train_cells`."""
+  from l2jax import caches  # pylint: disable=g-import-not-at-top
   from l2jax import cpu  # pylint: disable=g-import-not-at-top
   cpu.configure()
+  caches.compilation_cache()
   if pin == 'cores' and hasattr(os, 'sched_setaffinity'):
     cores = sorted(os.sched_getaffinity(0))
     share = max(len(cores) // parallel, 1)

@@ -95,7 +95,8 @@ def build_step(config, dataset: data_lib.Dataset):
                                        *dataset.channel_stats(), 100)
   images, labels = timing.first_batch(config, dataset)
   return p_train_step, (devices.replicate(state), images, labels,
-                        jax_utils.replicate(train_rng))
+                        jax_utils.replicate(train_rng),
+                        train.hyperparameters(config, 100))
 
 
 def step_flops(p_train_step, args) -> float:

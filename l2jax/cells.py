@@ -6,10 +6,9 @@ Cells whose configs differ only in the learning rate α and the L2 weight λ
 and every random key: only their trajectories differ. `stack` puts K copies
 of the run's initial state on a leading axis; `pmap_train_step` is
 `train.train_step` vmapped over that axis and over α and λ (`hyperparameters`:
-arrays of K values), with the batch and keys shared. Each cell's optimizer
-and rotation measures are built inside the step from its own α and λ (optax
-takes traced values), so each cell's updates are those of its own run
-(tests/cells_test.py).
+arrays of K values), with the batch and keys shared. The step builds each
+cell's optimizer and rotation measures from its own α and λ, so each cell's
+updates are those of its own run (tests/cells_test.py).
 
 Why: on an accelerator, K networks as small as the separability study's
 should fill the device where one does not; that is expected, not measured
@@ -18,13 +17,12 @@ than the cell's own (`benchmarks.cells_per_hour`, docs/performance.md), so
 the sweeps train cells one after another.
 """
 
-import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from l2jax import devices
-from l2jax import optim
 from l2jax import regularization
 from l2jax import train
 from l2jax.errors import ConfigError
@@ -44,9 +42,8 @@ def _flat(config) -> dict:
 
 
 def hyperparameters(configs, steps_per_epoch: int) -> dict:
-  """{'learning_rate': α, 'l2_weight': λ}, arrays of one value per config
-  (λ as `optim.l2_weight` makes it). ConfigError unless the configs differ
-  in `STACKED` alone and their L2 is applied by the optimizer."""
+  """`train.hyperparameters` of each config, as arrays of one value per
+  config. ConfigError unless the configs differ in `STACKED` alone."""
   first = _flat(configs[0])
   for config in configs[1:]:
     flat = _flat(config)
@@ -55,13 +52,8 @@ def hyperparameters(configs, steps_per_epoch: int) -> dict:
     if differ:
       raise ConfigError(f'stacked cells may differ only in {", ".join(STACKED)}'
                         f'; these differ in {", ".join(differ)}')
-  if configs[0].l2.mode == 'loss':
-    raise ConfigError("stacked cells need L2 applied by the optimizer, not "
-                      "config.l2.mode='loss' (use 'coupled': the same updates)")
-  return {'learning_rate': jnp.array([c.learning_rate for c in configs],
-                                     jnp.float32),
-          'l2_weight': jnp.array([optim.l2_weight(c, steps_per_epoch)
-                                  for c in configs], jnp.float32)}
+  each = [train.hyperparameters(c, steps_per_epoch) for c in configs]
+  return jax.tree.map(lambda *values: jnp.array(values, jnp.float32), *each)
 
 
 def stack(state, cells: int):
@@ -72,25 +64,13 @@ def stack(state, cells: int):
 
 def pmap_train_step(config, penalties: regularization.Penalties, mean, std,
                     steps_per_epoch: int):
-  """(stacked state, hyperparameters, images, labels, rng) -> (stacked
+  """(stacked state, images, labels, rng, hyperparameters) -> (stacked
   state, stacked metrics): `train.train_step` of each cell, vmapped, pmapped
   as `train.pmap_train_step` is."""
-
-  def cell_step(state, hyper, images, labels, rng):
-    cell_penalties = dataclasses.replace(penalties,
-                                         l2_weight=hyper['l2_weight'])
-    tx, _ = optim.make_optimizer(config, cell_penalties, steps_per_epoch,
-                                 learning_rate=hyper['learning_rate'])
-    rotation = optim.make_equilibrium(config, cell_penalties, steps_per_epoch,
-                                      learning_rate=hyper['learning_rate'])
-    new_state, metrics = train.train_step(
-        state.replace(tx=tx), images, labels, rng, mean=mean, std=std,
-        augment_images=config.augment, penalties=cell_penalties,
-        rotation=rotation)
-    # The static tx of the state passed in, so that calls compile once.
-    return new_state.replace(tx=state.tx), metrics
-
+  cell_step = functools.partial(
+      train.train_step, config=config, mean=mean, std=std,
+      penalties=penalties, steps_per_epoch=steps_per_epoch)
   return jax.pmap(
-      jax.vmap(cell_step, in_axes=(0, 0, None, None, None)),
-      axis_name=devices.AXIS, in_axes=(0, None, 0, 0, 0),
+      jax.vmap(cell_step, in_axes=(0, None, None, None, 0)),
+      axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None),
       donate_argnums=() if jax.default_backend() == 'cpu' else (0,))

@@ -3,7 +3,7 @@
 `config.dataset` is a TFDS name (read with `config.data_dir`, prepared from
 `config.manual_dir` when set) or ``folder:PATH``, read with
 `tfds.folder_dataset.ImageFolder` (PATH/train/<class>/*.jpg, PATH/test/...)
-and kept decoded by `l2jax.data_cache`.
+and kept decoded by `l2jax.caches`.
 Normalization and augmentation happen on the device (`l2jax.augment`).
 """
 
@@ -19,7 +19,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from l2jax import data_cache
+from l2jax import caches
 from l2jax import devices
 from l2jax import logs
 from l2jax.errors import ConfigError, DataError
@@ -120,7 +120,7 @@ def _read_split(builder, split: str) -> Split:
 def _load_folder(path: str):
   root = os.path.abspath(os.path.expanduser(path))
   _check_folder_layout(root)
-  arrays = data_cache.cached(root, lambda: _decode_folder(root))
+  arrays = caches.cached(root, lambda: _decode_folder(root))
   return (Split(arrays['train_images'], arrays['train_labels']),
           Split(arrays['test_images'], arrays['test_labels']),
           int(arrays['num_classes']))

@@ -29,6 +29,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from l2jax import caches
 from l2jax import checkpoints
 from l2jax import configuration
 from l2jax import cpu
@@ -157,6 +158,7 @@ def main(argv):
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   cpu.configure()  # Before JAX runs anything.
+  caches.compilation_cache()
   try:
     initialize_distributed()
     configuration.validate(FLAGS.config, jax.device_count())

@@ -188,7 +188,7 @@ class Penalties:
   def weight_terms(self, params) -> dict:
     """The penalties on weights that enter the loss, by metric name."""
     terms = {}
-    if self.l2_in_loss and self.l2_weight:
+    if self.l2_in_loss:  # λ may be traced (`train.train_step`).
       terms['l2_penalty'] = l2_penalty(params, self.l2_mask, self.l2_weight)
     if self.l1_weight:
       terms['l1_penalty'] = l1_penalty(params, self.l1_mask, self.l1_weight)

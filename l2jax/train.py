@@ -78,23 +78,43 @@ def initialize(config, model, image_shape, steps_per_epoch: int, rng):
   return state, learning_rate, penalties
 
 
-def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
-               penalties: regularization.Penalties,
-               rotation: equilibrium.Equilibrium):
-  """One step on a device's share of the global batch.
+def hyperparameters(config, steps_per_epoch: int) -> dict:
+  """The step's α (`config.learning_rate`) and λ (`optim.l2_weight`).
 
-  images: (b, H, W, C) uint8; labels: (b,) int. The per-example augmentation
-  key depends on the example's position in the global batch and the step, so
-  the run does not depend on the number of devices. Dropout's key is the
-  step's and the device's, so dropout masks do depend on it. Batch norm's
-  statistics are over the global batch (the models' `axis_name`). The loss is
-  the data loss plus `penalties`' terms; each term is also a metric, as are
-  `rotation`'s measures of each kernel group's turn.
+  They are arguments of the compiled step, not constants in it: runs that
+  differ only in them, as a sweep's cells do, share one program, compiled
+  once and then read from JAX's persistent cache (`l2jax.cells` stacks them
+  for K cells at once).
   """
+  return {'learning_rate': float(config.learning_rate),
+          'l2_weight': float(optim.l2_weight(config, steps_per_epoch))}
+
+
+def train_step(state, images, labels, rng, hyper, *, config, mean, std,
+               penalties: regularization.Penalties, steps_per_epoch: int):
+  """One step on a device's share of the global batch, at `hyper`'s α and λ
+  (`hyperparameters`; traced).
+
+  images: (b, H, W, C) uint8; labels: (b,) int. The optimizer and the
+  rotation measures (`optim.make_equilibrium`) are built here from α and λ
+  (optax takes traced values). The per-example augmentation key depends on
+  the example's position in the global batch and the step, so the run does
+  not depend on the number of devices. Dropout's key is the step's and the
+  device's, so dropout masks do depend on it. Batch norm's statistics are
+  over the global batch (the models' `axis_name`). The loss is the data loss
+  plus `penalties`' terms; each term is also a metric, as are the rotation
+  measures of each kernel group's turn.
+  """
+  alpha = hyper['learning_rate']
+  penalties = dataclasses.replace(penalties, l2_weight=hyper['l2_weight'])
+  tx, _ = optim.make_optimizer(config, penalties, steps_per_epoch,
+                               learning_rate=alpha)
+  rotation = optim.make_equilibrium(config, penalties, steps_per_epoch,
+                                    learning_rate=alpha)
   step_key = jax.random.fold_in(rng, state.step)
   dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, DROPOUT_STREAM),
                                    jax.lax.axis_index(devices.AXIS))
-  if augment_images:
+  if config.augment:
     position = jax.lax.axis_index(devices.AXIS) * labels.shape[0] + jnp.arange(
         labels.shape[0])
     keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, position)
@@ -112,7 +132,8 @@ def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
   (loss, (data_loss, logits, terms, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   grads = devices.mean(grads)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  new_state = state.replace(tx=tx).apply_gradients(grads=grads,
+                                                   batch_stats=batch_stats)
   # Weight penalties are measured at epoch end (`records.weight_measures`);
   # only the activity penalty, which depends on the batch, is a step metric.
   metrics = {'train_loss': loss, 'data_loss': data_loss,
@@ -120,24 +141,24 @@ def train_step(state, images, labels, rng, *, mean, std, augment_images: bool,
              **{k: v for k, v in terms.items() if k == 'activity_penalty'},
              **rotation.measures(state.step, state.params, new_state.params,
                                  new_state.opt_state)}
-  return new_state, devices.mean(metrics)
+  # The state's own (static) optimizer: calls with it compile once.
+  return new_state.replace(tx=state.tx), devices.mean(metrics)
 
 
 def pmap_train_step(config, penalties: regularization.Penalties, mean, std,
                     steps_per_epoch: int):
-  """`train_step` pmapped over the devices, (state, images, labels, rng) ->
-  (state, metrics), measuring rotation as `optim.make_equilibrium` says.
+  """`train_step` pmapped over the devices, (state, images, labels, rng,
+  hyper) -> (state, metrics); `hyper` (`hyperparameters`) is the same on
+  every device.
 
   The old state is donated (its buffers reused for the new one) except on
   the CPU, where donation makes XLA copy every parameter and momentum buffer
   first (docs/performance.md).
   """
   return jax.pmap(
-      functools.partial(
-          train_step, mean=mean, std=std, augment_images=config.augment,
-          penalties=penalties,
-          rotation=optim.make_equilibrium(config, penalties, steps_per_epoch)),
-      axis_name=devices.AXIS,
+      functools.partial(train_step, config=config, mean=mean, std=std,
+                        penalties=penalties, steps_per_epoch=steps_per_epoch),
+      axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None),
       donate_argnums=() if jax.default_backend() == 'cpu' else (0,))
 
 
@@ -335,9 +356,11 @@ def _train(run: Run, model, state, train_rng) -> dict:
   writer = outputs.MetricsWriter(run.workdir, step // run.steps_per_epoch,
                                  write=run.host.index == 0)
   mean, std = run.dataset.channel_stats()
+  step_fn = pmap_train_step(config, run.penalties, mean, std,
+                            run.steps_per_epoch)
+  hyper = hyperparameters(config, run.steps_per_epoch)
   p_train_step = progress.first_call_timed(
-      pmap_train_step(config, run.penalties, mean, std, run.steps_per_epoch),
-      'the training step')
+      lambda *args: step_fn(*args, hyper), 'the training step')
   evaluate = evaluation.Evaluator(config, model.apply, mean, std, run.host)
   state, rng = devices.replicate(state), jax_utils.replicate(train_rng)
   metrics, last_checkpoint = records.StepMetrics(restored), step

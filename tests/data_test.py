@@ -10,8 +10,8 @@ import pytest
 
 from helpers import write_folder
 from l2jax import augment
+from l2jax import caches
 from l2jax import data
-from l2jax import data_cache
 from l2jax import devices
 from l2jax.errors import ConfigError, DataError
 
@@ -156,7 +156,7 @@ def test_a_malformed_folder_is_one_line_naming_what_is_wrong(tmp_path, breaks,
 
 def test_a_folder_is_decoded_once_then_read_from_the_cache(tmp_path,
                                                           monkeypatch):
-  monkeypatch.setenv(data_cache.ENV, str(tmp_path / 'cache'))
+  monkeypatch.setenv(caches.ENV, str(tmp_path / 'cache'))
   decoded = []
   decode = data._decode_folder
   monkeypatch.setattr(data, '_decode_folder',
@@ -180,7 +180,7 @@ def test_a_folder_is_decoded_once_then_read_from_the_cache(tmp_path,
   assert not any((i == pixels).all() for i in second.train.images)
   # A damaged entry is decoded again, and replaced.
   entry, = (tmp_path / 'cache' / 'folders').glob(
-      data_cache.folder_key(str(tmp_path / 'data')) + '.npz')
+      caches.folder_key(str(tmp_path / 'data')) + '.npz')
   entry.write_bytes(b'damaged')
   fourth = data.load(config)
   assert len(decoded) == 3
@@ -194,10 +194,26 @@ def test_a_cache_that_cannot_be_written_or_is_off_only_decodes(tmp_path,
   write_folder(tmp_path / 'data')
   (tmp_path / 'file').write_text('')
   for setting in (str(tmp_path / 'file'), ''):  # folders/ cannot be made.
-    monkeypatch.setenv(data_cache.ENV, setting)
+    monkeypatch.setenv(caches.ENV, setting)
     assert len(data.load(folder_config(tmp_path / 'data')).train) == 6
-  assert data_cache.directory() is None
+  assert caches.directory() is None
   assert sorted(p.name for p in tmp_path.iterdir()) == ['data', 'file']
+
+
+def test_compiled_programs_go_in_the_cache_folder_unless_jax_names_one(
+    tmp_path, monkeypatch):
+  previous = jax.config.jax_compilation_cache_dir  # conftest's.
+  try:
+    for setting, jax_setting, expected in (
+        (str(tmp_path), None, str(tmp_path / 'jax')),
+        (str(tmp_path), '/elsewhere', '/elsewhere'),  # JAX_COMPILATION_CACHE_DIR.
+        ('', None, None)):  # The caches are off.
+      monkeypatch.setenv(caches.ENV, setting)
+      jax.config.update('jax_compilation_cache_dir', jax_setting)
+      caches.compilation_cache()
+      assert jax.config.jax_compilation_cache_dir == expected
+  finally:
+    jax.config.update('jax_compilation_cache_dir', previous)
 
 
 def test_tfds_offline_is_a_one_line_data_error(tmp_path, monkeypatch):

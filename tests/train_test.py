@@ -35,10 +35,32 @@ def test_train_step_compiles_once(monkeypatch):
   images = np.zeros((n, 4, 8, 8, 3), np.uint8)
   labels = np.zeros((n, 4), np.int32)
   for _ in range(3):
-    state, metrics = p_step(state, images, labels, rng)
+    state, metrics = p_step(state, images, labels, rng,
+                            train.hyperparameters(config, 10))
   assert int(state.step[0]) == 3
   chex.assert_tree_all_finite(metrics)
   assert 'activity_penalty' in metrics
+
+
+def test_runs_that_differ_in_lr_and_l2_weight_share_one_program():
+  """α and λ are arguments of the compiled step, so a sweep's cells compile
+  it once (and JAX's persistent cache, keyed by the program, holds it)."""
+  programs = []
+  for lr, weight in ((0.1, 0.0), (0.003, 5e-4)):
+    config = cifar.get_config()
+    config.update(model='seed_cnn_narrow', learning_rate=lr)
+    config.l2.weight = weight
+    model = models.create_model(config.model, 10)
+    state, _, penalties = train.initialize(config, model, (8, 8, 3), 10,
+                                           jax.random.key(0))
+    p_step = train.pmap_train_step(config, penalties, np.zeros(3, np.float32),
+                                   np.ones(3, np.float32), 10)
+    n = jax.local_device_count()
+    programs.append(p_step.lower(
+        devices.replicate(state), np.zeros((n, 4, 8, 8, 3), np.uint8),
+        np.zeros((n, 4), np.int32), devices.replicate(jax.random.key(1)),
+        train.hyperparameters(config, 10)).as_text())
+  assert programs[0] == programs[1]
 
 
 def synthetic(classes: int, n: int, seed: int = 0) -> data_lib.Split:

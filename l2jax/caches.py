@@ -1,17 +1,24 @@
-"""Folder data sets decoded once and kept on disk.
+"""What l2jax keeps on disk between processes: folder data sets decoded
+once, and JAX's compiled programs.
 
-Each cell of a sweep run through `--executor=local` or Slurm is a process of
-its own, and decoding CIFAR-10's 60,000 JPEGs took most of such a cell's
-time. A folder's decoded arrays are kept in `$L2JAX_CACHE_DIR` (default
-`~/.cache/l2jax`) as `folders/<key>.npz`. The key hashes the folder's path
-and every file's name, size and modification time, so changing, adding or
-removing an image makes a new entry; old entries stay until the folder is
-deleted. `L2JAX_CACHE_DIR=` (empty) turns the cache off.
+Both live under `$L2JAX_CACHE_DIR` (default `~/.cache/l2jax`);
+`L2JAX_CACHE_DIR=` (empty) turns both off.
 
-An entry is written to a temporary file and renamed into place, so runs
-started together never read half of one. An entry that cannot be read is
-decoded again, and a cache that cannot be written is skipped, each with a
-warning: the cache only saves time.
+Decoded folders: each cell of a sweep run through `--executor=local` or
+Slurm is a process of its own, and decoding CIFAR-10's 60,000 JPEGs took
+most of such a cell's time. A folder's decoded arrays are kept as
+`folders/<key>.npz`. The key hashes the folder's path and every file's
+name, size and modification time, so changing, adding or removing an image
+makes a new entry; old entries stay until the folder is deleted. An entry
+is written to a temporary file and renamed into place, so runs started
+together never read half of one. An entry that cannot be read is decoded
+again, and a cache that cannot be written is skipped, each with a warning:
+the cache only saves time.
+
+Compiled programs: JAX's persistent compilation cache, in `jax/` unless
+`JAX_COMPILATION_CACHE_DIR` names another folder (`compilation_cache`).
+The training step takes α and λ as arguments (`train.hyperparameters`), so
+the cells of a sweep that share an optimizer and L2 mode compile it once.
 """
 
 import hashlib
@@ -21,17 +28,31 @@ import zipfile
 from typing import Callable, Optional
 
 from absl import logging
+import jax
 import numpy as np
 
 ENV = 'L2JAX_CACHE_DIR'
 _VERSION = 1  # Of the entry's layout; part of the key.
 
 
-def directory() -> Optional[str]:
-  """The folder entries go in, or None when the cache is off."""
-  root = os.environ.get(ENV, os.path.join(os.path.expanduser('~'), '.cache',
+def _root() -> str:
+  """$L2JAX_CACHE_DIR, or its default; '' when the caches are off."""
+  return os.environ.get(ENV, os.path.join(os.path.expanduser('~'), '.cache',
                                           'l2jax'))
-  return os.path.join(root, 'folders') if root else None
+
+
+def directory() -> Optional[str]:
+  """The folder decoded data sets go in, or None when the cache is off."""
+  return os.path.join(_root(), 'folders') if _root() else None
+
+
+def compilation_cache() -> None:
+  """Points JAX's persistent compilation cache at `jax/` in the cache
+  folder, unless JAX_COMPILATION_CACHE_DIR set one or the caches are off.
+  Call it before the first compilation."""
+  if _root() and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.join(_root(), 'jax'))
 
 
 def folder_key(root: str) -> str:
