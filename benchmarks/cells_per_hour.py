@@ -99,13 +99,14 @@ def measure(preset, layers: str, ks: list, rounds: int, steps: int) -> dict:
     return step
 
   columns = {'single': column(
-      train.pmap_train_step(configs[0], penalties, mean, std, 100),
-      devices.replicate(state), train.hyperparameters(configs[0], 100))}
+      train.pmap_train_step(configs[0], penalties, 100),
+      devices.replicate(state), train.hyperparameters(configs[0], 100),
+      (mean, std))}
   for k in ks:
     columns[k] = column(
-        cells.pmap_train_step(configs[0], penalties, mean, std, 100),
+        cells.pmap_train_step(configs[0], penalties, 100),
         devices.replicate(cells.stack(state, k)),
-        cells.hyperparameters(configs[:k], 100))
+        cells.hyperparameters(configs[:k], 100), (mean, std))
   timed = timing.interleave(columns, rounds, steps, timing.matmul_step())
   result = {}
   for name, t in timed['columns'].items():

@@ -91,12 +91,12 @@ def build_step(config, dataset: data_lib.Dataset):
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state, _, penalties = train.initialize(config, model, dataset.image_shape,
                                          100, init_rng)
-  p_train_step = train.pmap_train_step(config, penalties,
-                                       *dataset.channel_stats(), 100)
+  p_train_step = train.pmap_train_step(config, penalties, 100)
   images, labels = timing.first_batch(config, dataset)
   return p_train_step, (devices.replicate(state), images, labels,
                         jax_utils.replicate(train_rng),
-                        train.hyperparameters(config, 100))
+                        train.hyperparameters(config, 100),
+                        dataset.channel_stats())
 
 
 def step_flops(p_train_step, args) -> float:

@@ -33,6 +33,7 @@ import numpy as np
 
 ENV = 'L2JAX_CACHE_DIR'
 _VERSION = 1  # Of the entry's layout; part of the key.
+COMPILATION_CACHE_BYTES = 4 << 30
 
 
 def _root() -> str:
@@ -48,11 +49,20 @@ def directory() -> Optional[str]:
 
 def compilation_cache() -> None:
   """Points JAX's persistent compilation cache at `jax/` in the cache
-  folder, unless JAX_COMPILATION_CACHE_DIR set one or the caches are off.
-  Call it before the first compilation."""
+  folder, at most `COMPILATION_CACHE_BYTES` (least recently used entries
+  go first), unless JAX_COMPILATION_CACHE_DIR set one or the caches are
+  off. Call it before the first compilation.
+
+  With a size limit JAX locks the folder around each read and write, so
+  the processes of a sweep never read an entry another is writing. An entry
+  left half-written by a killed process only warns, and is compiled again:
+  `rm -r ~/.cache/l2jax/jax` clears the cache.
+  """
   if _root() and not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir',
                       os.path.join(_root(), 'jax'))
+    jax.config.update('jax_compilation_cache_max_size',
+                      COMPILATION_CACHE_BYTES)
 
 
 def folder_key(root: str) -> str:

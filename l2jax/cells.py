@@ -62,15 +62,15 @@ def stack(state, cells: int):
                       state)
 
 
-def pmap_train_step(config, penalties: regularization.Penalties, mean, std,
+def pmap_train_step(config, penalties: regularization.Penalties,
                     steps_per_epoch: int):
-  """(stacked state, images, labels, rng, hyperparameters) -> (stacked
-  state, stacked metrics): `train.train_step` of each cell, vmapped, pmapped
-  as `train.pmap_train_step` is."""
+  """(stacked state, images, labels, rng, hyperparameters, stats) ->
+  (stacked state, stacked metrics): `train.train_step` of each cell,
+  vmapped, pmapped as `train.pmap_train_step` is."""
   cell_step = functools.partial(
-      train.train_step, config=config, mean=mean, std=std,
-      penalties=penalties, steps_per_epoch=steps_per_epoch)
+      train.train_step, config=config, penalties=penalties,
+      steps_per_epoch=steps_per_epoch)
   return jax.pmap(
-      jax.vmap(cell_step, in_axes=(0, None, None, None, 0)),
-      axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None),
+      jax.vmap(cell_step, in_axes=(0, None, None, None, 0, None)),
+      axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None, None),
       donate_argnums=() if jax.default_backend() == 'cpu' else (0,))

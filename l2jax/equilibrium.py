@@ -117,8 +117,8 @@ def _adam_nu(opt_state):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Equilibrium:
-  """What a run's step measures of rotation (`measures`). Hashed by
-  identity, a static argument of the jitted step.
+  """What a run's step measures of rotation (`measures`), built inside the
+  step from its α and λ (`train.train_step`).
 
   shrink: step -> the shrink s_t of a decayed weight (for Adam's coupled
   decay, before the division by √v̂ + ε, which `per_coordinate` asks for).

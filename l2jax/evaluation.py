@@ -24,18 +24,19 @@ def eval_sums(logits, labels, weights) -> dict:
   return jax.lax.psum(sums, devices.AXIS)
 
 
-def eval_step(variables, images, labels, weights, *, apply_fn, mean, std):
+def eval_step(variables, images, labels, weights, stats, *, apply_fn):
   """Sums of loss, correct predictions and examples over all devices.
 
-  `variables`: {'params', 'batch_stats'}, as `eval_variables` gives them.
+  `variables`: {'params', 'batch_stats'}, as `eval_variables` gives them;
+  `stats`: the training images' channel (mean, std).
   """
-  logits = apply_fn(variables, augment.normalize(images, mean, std),
+  logits = apply_fn(variables, augment.normalize(images, *stats),
                     train=False)
   return eval_sums(logits, labels, weights)
 
 
-def noisy_eval_step(variables, images, labels, weights, sigma, first_index, *,
-                    apply_fn, mean, std, key):
+def noisy_eval_step(variables, images, labels, weights, sigma, first_index,
+                    stats, key, *, apply_fn):
   """`eval_step` on clip(x / 255 + σ z, 0, 1): `augment.add_gaussian_noise`.
 
   z is keyed by `key` and the example's index in the split (`first_index`
@@ -46,7 +47,7 @@ def noisy_eval_step(variables, images, labels, weights, sigma, first_index, *,
   index = first_index + jax.lax.axis_index(devices.AXIS) * b + jnp.arange(b)
   keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
   x = augment.standardize(augment.add_gaussian_noise(keys, images, sigma),
-                          mean, std)
+                          *stats)
   return eval_sums(apply_fn(variables, x, train=False), labels, weights)
 
 
@@ -81,20 +82,23 @@ class Evaluator:
 
   Builds the pmapped steps once; `__call__(state, splits)` returns
   {'<split>_loss', '<split>_accuracy', 'test_accuracy_noise<σ>'} with the
-  same noise in every call.
+  same noise in every call. The channel statistics and the noise key are
+  the steps' arguments, not constants in them, so runs of other seeds
+  share the compiled steps.
   """
 
   def __init__(self, config, apply_fn, mean, std, host: devices.Host):
     self.batch_size, self.sigmas, self.host = (
         config.eval_batch_size, tuple(config.noise_sigmas), host)
-    self.clean = jax.pmap(
-        functools.partial(eval_step, apply_fn=apply_fn, mean=mean, std=std),
-        axis_name=devices.AXIS)
-    self.noisy = jax.pmap(
-        functools.partial(
-            noisy_eval_step, apply_fn=apply_fn, mean=mean, std=std,
-            key=jax.random.fold_in(jax.random.key(config.seed), NOISE_STREAM)),
-        axis_name=devices.AXIS)
+    stats = (mean, std)
+    key = jax.random.fold_in(jax.random.key(config.seed), NOISE_STREAM)
+    clean = jax.pmap(functools.partial(eval_step, apply_fn=apply_fn),
+                     axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None))
+    noisy = jax.pmap(functools.partial(noisy_eval_step, apply_fn=apply_fn),
+                     axis_name=devices.AXIS,
+                     in_axes=(0, 0, 0, 0, 0, 0, None, None))
+    self.clean = lambda variables, *batch: clean(variables, *batch, stats)
+    self.noisy = lambda variables, *batch: noisy(variables, *batch, stats, key)
 
   def noise(self, variables, split, batch_size: int = 0) -> dict:
     """{'test_accuracy_noise<σ>': accuracy} for each configured σ, in

@@ -14,6 +14,7 @@ on a 2-core machine), paid again by every process of a sweep or a test.
 """
 
 import contextlib
+import itertools
 import numbers
 import os
 import socket
@@ -29,6 +30,7 @@ from tensorboard.summary.writer import record_writer
 from l2jax.errors import WriteError
 
 STEP_LOSS = 'step/train_loss'  # A step's loss; `train_loss`: an epoch's mean.
+_WRITERS = itertools.count()  # Numbers the event files of this process.
 
 
 def scalars(record: dict) -> dict:
@@ -48,10 +50,10 @@ class EventWriter:
     self._every, self._file, self._records = config.log_every_steps, None, None
     if not write:
       return
-    # TensorFlow's name for a file of one writer.
     self._workdir = workdir
-    name = (f'events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.'
-            f'{os.getpid()}.0.v2')
+    # TensorFlow's name for a file, numbered by the writers of the process.
+    name = (f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.'
+            f'{os.getpid()}.{next(_WRITERS)}.v2')
     with self._writing():
       self._file = (epath.Path(workdir) / name).open('wb')
       self._records = record_writer.RecordWriter(self._file)

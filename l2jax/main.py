@@ -52,7 +52,7 @@ flags.DEFINE_bool('distributed', False,
                   'flags above, letting JAX detect the cluster.')
 flags.DEFINE_bool('log_all', False,
                   "Log every library's lines (TensorFlow's C++ log, TFDS, "
-                  "orbax, clu), not only l2jax's and errors.")
+                  "orbax), not only l2jax's and errors.")
 
 
 def initialize_distributed() -> None:

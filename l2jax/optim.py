@@ -202,8 +202,8 @@ def make_optimizer(config, penalties: regularization.Penalties,
 
   λ and the masks are `penalties`' (built once, on the run's parameters:
   `configuration.make_penalties`); so is w₀ for decoupled L2-SP. α is
-  `learning_rate`, default `config.learning_rate`: inside a step it may be
-  traced, as λ may (`l2jax.cells`).
+  `learning_rate`, default `config.learning_rate`: inside the training step
+  both are traced (`train.train_step`).
   """
   alpha = config.learning_rate if learning_rate is None else learning_rate
   multiplier = lr_multiplier(config, steps_per_epoch)

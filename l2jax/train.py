@@ -81,21 +81,24 @@ def initialize(config, model, image_shape, steps_per_epoch: int, rng):
 def hyperparameters(config, steps_per_epoch: int) -> dict:
   """The step's α (`config.learning_rate`) and λ (`optim.l2_weight`).
 
-  They are arguments of the compiled step, not constants in it: runs that
-  differ only in them, as a sweep's cells do, share one program, compiled
-  once and then read from JAX's persistent cache (`l2jax.cells` stacks them
-  for K cells at once).
+  They are arguments of the compiled step, not constants in it, as are the
+  data's channel statistics (which depend on the seed through the
+  validation split): runs that differ only in α, λ and seed, as a sweep's
+  cells of one method do, share one program, compiled once and then read
+  from JAX's persistent cache (`l2jax.caches`). `l2jax.cells` stacks them
+  for K cells at once.
   """
   return {'learning_rate': float(config.learning_rate),
           'l2_weight': float(optim.l2_weight(config, steps_per_epoch))}
 
 
-def train_step(state, images, labels, rng, hyper, *, config, mean, std,
+def train_step(state, images, labels, rng, hyper, stats, *, config,
                penalties: regularization.Penalties, steps_per_epoch: int):
   """One step on a device's share of the global batch, at `hyper`'s α and λ
   (`hyperparameters`; traced).
 
-  images: (b, H, W, C) uint8; labels: (b,) int. The optimizer and the
+  images: (b, H, W, C) uint8; labels: (b,) int; stats: the training
+  images' channel (mean, std), `Dataset.channel_stats`. The optimizer and the
   rotation measures (`optim.make_equilibrium`) are built here from α and λ
   (optax takes traced values). The per-example augmentation key depends on
   the example's position in the global batch and the step, so the run does
@@ -119,7 +122,7 @@ def train_step(state, images, labels, rng, hyper, *, config, mean, std,
         labels.shape[0])
     keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, position)
     images = augment.augment_batch(keys, images)
-  x = augment.normalize(images, mean, std)
+  x = augment.normalize(images, *stats)
 
   def loss_fn(params):
     logits, terms, batch_stats = apply_with_penalties(
@@ -145,20 +148,20 @@ def train_step(state, images, labels, rng, hyper, *, config, mean, std,
   return new_state.replace(tx=state.tx), devices.mean(metrics)
 
 
-def pmap_train_step(config, penalties: regularization.Penalties, mean, std,
+def pmap_train_step(config, penalties: regularization.Penalties,
                     steps_per_epoch: int):
   """`train_step` pmapped over the devices, (state, images, labels, rng,
-  hyper) -> (state, metrics); `hyper` (`hyperparameters`) is the same on
-  every device.
+  hyper, stats) -> (state, metrics); `hyper` (`hyperparameters`) and
+  `stats` are the same on every device.
 
   The old state is donated (its buffers reused for the new one) except on
   the CPU, where donation makes XLA copy every parameter and momentum buffer
   first (docs/performance.md).
   """
   return jax.pmap(
-      functools.partial(train_step, config=config, mean=mean, std=std,
-                        penalties=penalties, steps_per_epoch=steps_per_epoch),
-      axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None),
+      functools.partial(train_step, config=config, penalties=penalties,
+                        steps_per_epoch=steps_per_epoch),
+      axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None, None),
       donate_argnums=() if jax.default_backend() == 'cpu' else (0,))
 
 
@@ -356,11 +359,10 @@ def _train(run: Run, model, state, train_rng) -> dict:
   writer = outputs.MetricsWriter(run.workdir, step // run.steps_per_epoch,
                                  write=run.host.index == 0)
   mean, std = run.dataset.channel_stats()
-  step_fn = pmap_train_step(config, run.penalties, mean, std,
-                            run.steps_per_epoch)
+  step_fn = pmap_train_step(config, run.penalties, run.steps_per_epoch)
   hyper = hyperparameters(config, run.steps_per_epoch)
   p_train_step = progress.first_call_timed(
-      lambda *args: step_fn(*args, hyper), 'the training step')
+      lambda *args: step_fn(*args, hyper, (mean, std)), 'the training step')
   evaluate = evaluation.Evaluator(config, model.apply, mean, std, run.host)
   state, rng = devices.replicate(state), jax_utils.replicate(train_rng)
   metrics, last_checkpoint = records.StepMetrics(restored), step

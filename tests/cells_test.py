@@ -55,7 +55,8 @@ def run(step, state, dataset, config, rng):
 
 
 @pytest.mark.parametrize('optimizer, mode', [('sgd', 'coupled'),
-                                             ('adam', 'decoupled')])
+                                             ('adam', 'decoupled'),
+                                             ('sgd', 'loss')])
 def test_each_stacked_cell_equals_its_own_run(optimizer, mode):
   cell_configs, dataset = configs(optimizer, mode), tiny_data()
   mean, std = dataset.channel_stats()
@@ -66,18 +67,17 @@ def test_each_stacked_cell_equals_its_own_run(optimizer, mode):
   for config in cell_configs:
     state, _, penalties = train.initialize(config, model, dataset.image_shape,
                                            STEPS_PER_EPOCH, init_rng)
-    step = train.pmap_train_step(config, penalties, mean, std,
-                                 STEPS_PER_EPOCH)
+    step = train.pmap_train_step(config, penalties, STEPS_PER_EPOCH)
     hyper = train.hyperparameters(config, STEPS_PER_EPOCH)
     alone.append(run(lambda s, *batch, step=step, hyper=hyper:
-                     step(s, *batch, hyper),
+                     step(s, *batch, hyper, (mean, std)),
                      devices.replicate(state), dataset, config, rng))
   state, _, penalties = train.initialize(
       cell_configs[0], model, dataset.image_shape, STEPS_PER_EPOCH, init_rng)
   hyper = cells.hyperparameters(cell_configs, STEPS_PER_EPOCH)
-  stacked_step = cells.pmap_train_step(cell_configs[0], penalties, mean, std,
+  stacked_step = cells.pmap_train_step(cell_configs[0], penalties,
                                        STEPS_PER_EPOCH)
-  stacked = run(lambda s, *batch: stacked_step(s, *batch, hyper),
+  stacked = run(lambda s, *batch: stacked_step(s, *batch, hyper, (mean, std)),
                 devices.replicate(cells.stack(state, len(CELLS))), dataset,
                 cell_configs[0], rng)
   for k, (cell_state, cell_metrics) in enumerate(alone):

@@ -202,18 +202,23 @@ def test_a_cache_that_cannot_be_written_or_is_off_only_decodes(tmp_path,
 
 def test_compiled_programs_go_in_the_cache_folder_unless_jax_names_one(
     tmp_path, monkeypatch):
-  previous = jax.config.jax_compilation_cache_dir  # conftest's.
+  previous = (jax.config.jax_compilation_cache_dir,  # conftest's.
+              jax.config.jax_compilation_cache_max_size)
   try:
-    for setting, jax_setting, expected in (
-        (str(tmp_path), None, str(tmp_path / 'jax')),
-        (str(tmp_path), '/elsewhere', '/elsewhere'),  # JAX_COMPILATION_CACHE_DIR.
-        ('', None, None)):  # The caches are off.
+    for setting, jax_setting, expected, size in (
+        (str(tmp_path), None, str(tmp_path / 'jax'), 4 << 30),
+        # JAX_COMPILATION_CACHE_DIR's folder, as JAX's settings say.
+        (str(tmp_path), '/elsewhere', '/elsewhere', -1),
+        ('', None, None, -1)):  # The caches are off.
       monkeypatch.setenv(caches.ENV, setting)
       jax.config.update('jax_compilation_cache_dir', jax_setting)
+      jax.config.update('jax_compilation_cache_max_size', -1)
       caches.compilation_cache()
       assert jax.config.jax_compilation_cache_dir == expected
+      assert jax.config.jax_compilation_cache_max_size == size
   finally:
-    jax.config.update('jax_compilation_cache_dir', previous)
+    jax.config.update('jax_compilation_cache_dir', previous[0])
+    jax.config.update('jax_compilation_cache_max_size', previous[1])
 
 
 def test_tfds_offline_is_a_one_line_data_error(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import math
 from PIL import Image
 import pytest
 
+from configs import cifar
 from l2jax import events
 from l2jax import outputs
 
@@ -57,3 +58,14 @@ def test_events_take_a_records_numbers_but_its_step():
   record = {'epoch': 3, 'step': 30, 'train_loss': 0.5, 'test_loss': None,
             'scale_invariant/Conv_0': True, 'note': 'text', 'count': 7}
   assert events.scalars(record) == {'epoch': 3, 'train_loss': 0.5, 'count': 7}
+
+
+def test_writers_started_in_one_second_keep_a_file_each(tmp_path):
+  """A run resumed in the same process and second starts a new event file
+  rather than overwrite the first one's."""
+  config = cifar.get_config()
+  for loss in (0.5, 0.25):
+    with events.EventWriter(str(tmp_path), config) as writer:
+      writer.write({'step': 1, 'epoch': 1, 'train_loss': loss}, [loss])
+  files = sorted(tmp_path.glob('events.out.tfevents.*'))
+  assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)

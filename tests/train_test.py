@@ -26,9 +26,7 @@ def test_train_step_compiles_once(monkeypatch):
   # The step as training builds it, around a train_step that counts traces.
   monkeypatch.setattr(train, 'train_step',
                       chex.assert_max_traces(train.train_step, n=1))
-  p_step = train.pmap_train_step(config, penalties,
-                                 np.zeros(3, np.float32),
-                                 np.ones(3, np.float32), 10)
+  p_step = train.pmap_train_step(config, penalties, 10)
   state = devices.replicate(state)
   rng = devices.replicate(jax.random.key(1))
   n = jax.local_device_count()
@@ -36,30 +34,32 @@ def test_train_step_compiles_once(monkeypatch):
   labels = np.zeros((n, 4), np.int32)
   for _ in range(3):
     state, metrics = p_step(state, images, labels, rng,
-                            train.hyperparameters(config, 10))
+                            train.hyperparameters(config, 10),
+                            (np.zeros(3, np.float32), np.ones(3, np.float32)))
   assert int(state.step[0]) == 3
   chex.assert_tree_all_finite(metrics)
   assert 'activity_penalty' in metrics
 
 
-def test_runs_that_differ_in_lr_and_l2_weight_share_one_program():
-  """α and λ are arguments of the compiled step, so a sweep's cells compile
+def test_runs_that_differ_in_lr_l2_weight_and_seed_share_one_program():
+  """α, λ and the data's channel statistics (which depend on the seed) are
+  arguments of the compiled step, so a sweep's cells of one method compile
   it once (and JAX's persistent cache, keyed by the program, holds it)."""
   programs = []
-  for lr, weight in ((0.1, 0.0), (0.003, 5e-4)):
+  for lr, weight, seed, mean in ((0.1, 0.0, 0, 0.4), (0.003, 5e-4, 1, 0.6)):
     config = cifar.get_config()
-    config.update(model='seed_cnn_narrow', learning_rate=lr)
+    config.update(model='seed_cnn_narrow', learning_rate=lr, seed=seed)
     config.l2.weight = weight
     model = models.create_model(config.model, 10)
     state, _, penalties = train.initialize(config, model, (8, 8, 3), 10,
-                                           jax.random.key(0))
-    p_step = train.pmap_train_step(config, penalties, np.zeros(3, np.float32),
-                                   np.ones(3, np.float32), 10)
+                                           jax.random.key(seed))
+    p_step = train.pmap_train_step(config, penalties, 10)
     n = jax.local_device_count()
     programs.append(p_step.lower(
         devices.replicate(state), np.zeros((n, 4, 8, 8, 3), np.uint8),
-        np.zeros((n, 4), np.int32), devices.replicate(jax.random.key(1)),
-        train.hyperparameters(config, 10)).as_text())
+        np.zeros((n, 4), np.int32), devices.replicate(jax.random.key(seed)),
+        train.hyperparameters(config, 10),
+        (np.full(3, mean, np.float32), np.full(3, 0.2, np.float32))).as_text())
   assert programs[0] == programs[1]
 
 
