@@ -35,13 +35,16 @@ def test_a_killed_sweep_finishes_only_what_was_left_and_a_failed_cell_is_kept(
   total = None
   for line in process.stdout:
     total = total or int(line.split(' of ')[1].split()[0])
-    if line.startswith('[2/'):
+    # After the first cell: the rest take long enough (seconds each, the
+    # programs compiled) that Ctrl-C lands before the sweep ends, on a
+    # loaded machine too.
+    if line.startswith('[1/'):
       process.send_signal(signal.SIGINT)  # Ctrl-C.
       break
   process.wait(timeout=120)
   assert process.returncode != 0
   done = sum(1 for p in (out / 'cells').glob('*/*/summary.json'))
-  assert 2 <= done < total
+  assert 1 <= done < total
 
   rerun = run_benchmark('coupled_vs_decoupled', *smoke)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
