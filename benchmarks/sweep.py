@@ -30,6 +30,7 @@ Flag-free, so that every script can import it and define its own flags.
 import copy
 import csv
 import dataclasses
+import gc
 import io
 import json
 import math
@@ -207,6 +208,14 @@ def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
       print(f'{name}: {e}', flush=True)
       raise SystemExit(preemption.EXIT_STATUS) from e
     progress.cell(name, record)
+    # Each cell's programs are new closures, so JAX's caches would keep all
+    # of them, and with them some 600 memory mappings a cell: a job's
+    # process reached Linux's vm.max_map_count (65,530) after about 100
+    # cells, and XLA then failed with "LLVM compilation error: Cannot
+    # allocate memory". The next cell reads its programs from the
+    # persistent compilation cache.
+    jax.clear_caches()
+    gc.collect()
 
 
 def _job(jobs: Sequence[tuple], keep_checkpoints: bool, pin: str,
@@ -267,7 +276,7 @@ def submit(executor: Executor, jobs: list, out: str,
                       [executor.parallel] * n)
 
 
-def wait(submitted: list, jobs: list, poll_seconds: float = 10.0) -> None:
+def wait(submitted: list, jobs: list, poll_seconds: float) -> None:
   """Waits for submitit jobs, printing each cell as its cell.json appears;
   Ctrl-C cancels the jobs."""
   progress = Progress(len(jobs))
@@ -317,7 +326,10 @@ def run(cells: Sequence[Cell], base, out: str,
   if executor.kind == 'inline':
     train_cells(jobs, keep_checkpoints)
   else:
-    wait(submit(executor, jobs, out, keep_checkpoints), jobs)
+    # A local job's files are read on this machine; a cluster's through its
+    # shared file system, less often.
+    wait(submit(executor, jobs, out, keep_checkpoints), jobs,
+         poll_seconds=1.0 if executor.kind == 'local' else 10.0)
   return len(jobs)
 
 

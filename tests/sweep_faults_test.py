@@ -4,6 +4,7 @@ and the sweep goes on; Ctrl-C and a preemption notice stop it."""
 
 import json
 import math
+import os
 
 import ml_collections
 import numpy as np
@@ -124,3 +125,31 @@ def test_ctrl_c_and_a_preemption_notice_stop_the_sweep(
   assert trained == [0]
   # Nothing recorded: the next call trains (or resumes) the cell.
   assert not (tmp_path / 'cells' / 'first' / sweep.CELL).exists()
+
+
+class MappingCount(sweep.Progress):
+  """Progress that counts this process's memory mappings after each cell."""
+
+  def __init__(self, total: int):
+    super().__init__(total)
+    self.mappings = []
+
+  def cell(self, name: str, record: dict) -> None:
+    super().cell(name, record)
+    with open('/proc/self/maps') as f:
+      self.mappings.append(sum(1 for _ in f))
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason='Linux')
+def test_cells_in_one_process_do_not_accumulate_memory_mappings(tmp_path):
+  """Each cell's compiled programs held some 600 mappings until the process
+  ended, and a job of about 100 cells reached vm.max_map_count."""
+  base = base_config(image_folder(tmp_path / 'data', {'train': 80, 'test': 8}))
+  jobs = []
+  for seed in range(3):
+    config = sweep.cell_config(base, sweep.Cell(f'{seed}', {'seed': seed}, {}))
+    jobs.append((f'{seed}', str(tmp_path / 'out' / f'{seed}'), config))
+  progress = MappingCount(len(jobs))
+  sweep.train_cells(jobs, progress=progress)
+  first, *_, last = progress.mappings
+  assert last - first < 50, progress.mappings
