@@ -207,11 +207,10 @@ class Run:
   preemption: preemption.Notice
 
 
-def checked_save(run: Run, state, step: int, step_metrics: dict,
-                 last_checkpoint: int) -> dict:
-  """Saves a checkpoint of the replicated `state` at `step` if the epoch's
-  losses and the weights are finite (else DivergenceError); returns the
-  weight measures."""
+def checked(run: Run, state, step: int, step_metrics: dict,
+            last_checkpoint: int):
+  """(the replicated `state` on the host, its weight measures), if the
+  epoch's losses and the weights are finite; else DivergenceError."""
   # On the host: orbax saves NumPy arrays from process 0 alone.
   host_state = devices.unreplicate_to_host(state)
   measures = records.weight_measures(host_state.params, run.penalties)
@@ -219,10 +218,14 @@ def checked_save(run: Run, state, step: int, step_metrics: dict,
       step_metrics['train_loss'],
       (step - 1) // run.steps_per_epoch * run.steps_per_epoch,
       measures['weight_norm'], run.learning_rate, last_checkpoint)
-  at_epoch_end = step % run.steps_per_epoch == 0
-  run.checkpointer.save(step, host_state, run.config,
-                        {} if at_epoch_end else step_metrics)
-  return measures
+  return host_state, measures
+
+
+def checked_save(run: Run, state, step: int, step_metrics: dict,
+                 last_checkpoint: int) -> None:
+  """Saves a checkpoint of `state` within an epoch, once `checked`."""
+  host_state, _ = checked(run, state, step, step_metrics, last_checkpoint)
+  run.checkpointer.save(step, host_state, run.config, step_metrics)
 
 
 def train_epoch(run: Run, p_train_step, state, rng, epoch: int, step: int,
@@ -374,8 +377,8 @@ def _train(run: Run, model, state, train_rng) -> dict:
     # Steps are dispatched asynchronously: the epoch ends when they finish.
     state = jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    measures = checked_save(run, state, step, metrics.fetch(), last_checkpoint)
-    last_checkpoint = step
+    host_state, measures = checked(run, state, step, metrics.fetch(),
+                                   last_checkpoint)
     evaluations = {}
     if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
       evaluations = evaluate(state, {'val': run.dataset.validation,
@@ -384,11 +387,16 @@ def _train(run: Run, model, state, train_rng) -> dict:
         epoch, step, metrics.values, {**measures, **run.structure},
         evaluations, float(run.learning_rate(step - 1)), seconds,
         (step - first_step) * config.batch_size)
-    run.checkpointer.wait()  # An epoch is recorded once it is saved.
     writer.write(record)
     run.events.write(record, metrics.values['train_loss'])
-    metrics = records.StepMetrics()
     _log_epoch(config, record)
+    # Saved once recorded: a run stopped in between resumes from the
+    # checkpoint before, drops this record (MetricsWriter) and makes it
+    # again. Saved first, a run stopped while evaluating resumed past the
+    # epoch and ended without its record.
+    run.checkpointer.save(step, host_state, config, {})
+    last_checkpoint = step
+    metrics = records.StepMetrics()
     if epoch < config.num_epochs and run.preemption.reached(step):
       stop(run, step)
   return _finish(run, state, writer.records)

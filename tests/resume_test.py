@@ -67,33 +67,41 @@ def test_uninterrupted_run_saves_every_5_steps_and_each_epoch_end(
   assert saved_steps(uninterrupted) == [5, 10, 15, 16, 20, 25, 30, 32]
 
 
+@pytest.mark.parametrize('kill_at', [1, 2 * STEPS_PER_EPOCH])
 def test_killed_run_resumes_to_the_same_parameters_and_metrics(
-    cifar_small, uninterrupted, tmp_path):
+    cifar_small, uninterrupted, tmp_path, kill_at):
+  """Killed as soon as a checkpoint of step `kill_at` or later is saved:
+  the first one, or the last epoch's (where a run that saved before it
+  evaluated and recorded the epoch resumed past it, and ended without that
+  epoch's record)."""
   args = overrides(cifar_small)
   process = subprocess.Popen(**cli(tmp_path, *args),
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 300
-    while not saved_steps(tmp_path) and time.monotonic() < deadline:
-      time.sleep(0.02)
-    assert process.poll() is None, 'finished before it could be killed'
+    while (not [s for s in saved_steps(tmp_path) if s >= kill_at]
+           and process.poll() is None and time.monotonic() < deadline):
+      time.sleep(0.01)
+    if kill_at == 1:
+      assert process.poll() is None, 'finished before it could be killed'
     process.kill()  # SIGKILL: no handler runs, no file is closed.
   finally:
     process.kill()
     process.wait()
   killed_at = saved_steps(tmp_path)[-1]
-  assert killed_at < 2 * STEPS_PER_EPOCH
+  assert killed_at >= kill_at
 
   resumed = run_cli(tmp_path, *args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  # The killed run could not release the workdir's lock file: the OS
-  # released the lock itself, and the next run takes it over.
-  assert re.search(rf'held by pid {process.pid} on host \S+, which ended '
-                   'without releasing it', resumed.stderr), resumed.stderr
-  step = int(re.search(r'resuming from the checkpoint of step (\d+)',
-                       resumed.stderr)[1])
-  assert step >= killed_at
+  if kill_at == 1:
+    # The killed run could not release the workdir's lock file: the OS
+    # released the lock itself, and the next run takes it over.
+    assert re.search(rf'held by pid {process.pid} on host \S+, which ended '
+                     'without releasing it', resumed.stderr), resumed.stderr
+    step = int(re.search(r'resuming from the checkpoint of step (\d+)',
+                         resumed.stderr)[1])
+    assert step >= killed_at
   assert_same_run(tmp_path, uninterrupted)
 
 
