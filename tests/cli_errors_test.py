@@ -91,8 +91,7 @@ def bad_input_runs(tmp_path_factory):
   Each run fails before training, in seconds that go mostly to importing JAX
   and TF, so they run side by side.
   """
-  def run(case):
-    root = tmp_path_factory.mktemp('bad')
+  def run(case, root):
     data_root, workdir = root / 'data', root / 'workdir'
     write_folder(data_root)
     if case.breaks:
@@ -107,8 +106,12 @@ def bad_input_runs(tmp_path_factory):
                      timeout=300)
     return result, workdir, data_root
 
+  # Made here: tmp_path_factory is not thread-safe (two threads making this
+  # worker's first temporary folder both made its base folder).
+  roots = [tmp_path_factory.mktemp('bad') for _ in BAD_INPUTS]
   with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count())) as pool:
-    return dict(zip((c.name for c in BAD_INPUTS), pool.map(run, BAD_INPUTS)))
+    return dict(zip((c.name for c in BAD_INPUTS),
+                    pool.map(run, BAD_INPUTS, roots)))
 
 
 @pytest.mark.parametrize('case', BAD_INPUTS, ids=lambda c: c.name)

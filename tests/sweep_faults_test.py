@@ -146,10 +146,10 @@ def test_cells_in_one_process_do_not_accumulate_memory_mappings(tmp_path):
   ended, and a job of about 100 cells reached vm.max_map_count."""
   base = base_config(image_folder(tmp_path / 'data', {'train': 80, 'test': 8}))
   jobs = []
-  for seed in range(3):
+  for seed in range(2):
     config = sweep.cell_config(base, sweep.Cell(f'{seed}', {'seed': seed}, {}))
     jobs.append((f'{seed}', str(tmp_path / 'out' / f'{seed}'), config))
   progress = MappingCount(len(jobs))
   sweep.train_cells(jobs, progress=progress)
-  first, *_, last = progress.mappings
+  first, last = progress.mappings
   assert last - first < 50, progress.mappings
