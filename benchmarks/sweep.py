@@ -56,6 +56,9 @@ from l2jax.errors import DivergenceError, L2JaxError
 
 CELL = 'cell.json'
 EXECUTORS = ('inline', 'local', 'slurm')
+# Memory mappings a sweep's process holds before it drops JAX's programs
+# (`release_programs`): a third of Linux's default vm.max_map_count.
+MAX_MAPPINGS = 20_000
 PINS = ('none', 'cores', 'gpus')
 # Config keys that decide what `data.load` returns: cells equal in these
 # share one read of the data.
@@ -208,12 +211,31 @@ def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
       print(f'{name}: {e}', flush=True)
       raise SystemExit(preemption.EXIT_STATUS) from e
     progress.cell(name, record)
-    # Each cell's programs are new closures, so JAX's caches would keep all
-    # of them, and with them some 600 memory mappings a cell: a job's
-    # process reached Linux's vm.max_map_count (65,530) after about 100
-    # cells, and XLA then failed with "LLVM compilation error: Cannot
-    # allocate memory". The next cell reads its programs from the
-    # persistent compilation cache.
+    release_programs()
+
+
+def _mappings() -> Optional[int]:
+  """This process's memory mappings, or None where /proc cannot tell."""
+  try:
+    with open('/proc/self/maps') as f:
+      return sum(1 for _ in f)
+  except OSError:
+    return None
+
+
+def release_programs() -> None:
+  """Drops JAX's compiled programs once the process holds `MAX_MAPPINGS`
+  memory mappings (after every cell where that cannot be read).
+
+  Each cell's programs are new closures, so JAX's caches keep all of them,
+  and with them some 600 mappings a cell: a job's process reached Linux's
+  vm.max_map_count (65,530) after about 100 cells, and XLA then failed with
+  "LLVM compilation error: Cannot allocate memory". Dropped, the next cell
+  reads its programs back from the persistent compilation cache, at a
+  second or two a cell; hence only when needed.
+  """
+  count = _mappings()
+  if count is None or count > MAX_MAPPINGS:
     jax.clear_caches()
     gc.collect()
 

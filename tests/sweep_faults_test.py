@@ -141,9 +141,12 @@ class MappingCount(sweep.Progress):
 
 
 @pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason='Linux')
-def test_cells_in_one_process_do_not_accumulate_memory_mappings(tmp_path):
+def test_cells_in_one_process_do_not_accumulate_memory_mappings(
+    tmp_path, monkeypatch):
   """Each cell's compiled programs held some 600 mappings until the process
-  ended, and a job of about 100 cells reached vm.max_map_count."""
+  ended, and a job of about 100 cells reached vm.max_map_count. With the
+  budget at 0 the programs are dropped after every cell."""
+  monkeypatch.setattr(sweep, 'MAX_MAPPINGS', 0)
   base = base_config(image_folder(tmp_path / 'data', {'train': 80, 'test': 8}))
   jobs = []
   for seed in range(2):
