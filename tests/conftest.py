@@ -14,40 +14,26 @@ import jax
 import pytest
 
 import helpers
-from l2jax import caches
 from l2jax import cpu
 
 # The settings l2jax.main trains under, before any test runs JAX.
 cpu.configure()
-
-_SESSION_CACHES = 'L2JAX_TEST_SESSION_CACHES'
 
 
 def _fresh_caches() -> None:
   """JAX's persistent compilation cache and l2jax's decoded-folder cache, for
   this process and the CLI and benchmark processes it starts (through the
   environment): most of the suite's time went to compiling the same few
-  programs again in fresh processes. One pair of new caches for the whole
-  session, made by the process that starts it (pytest-xdist's workers get its
-  folder through the environment, as the processes they start do) and
-  removed when that process exits: no test sees another session's entries,
-  and nothing is written in ~/.cache. The compilation cache has a size
-  limit, so JAX locks it around each read and write (`l2jax.caches`)."""
-  path = os.environ.get(_SESSION_CACHES)
-  if not path:
-    path = os.environ[_SESSION_CACHES] = tempfile.mkdtemp(
-        prefix='l2jax-test-caches-')
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-  settings = {'L2JAX_CACHE_DIR': os.path.join(path, 'l2jax'),
-              'JAX_COMPILATION_CACHE_DIR': os.path.join(path, 'jax'),
-              'JAX_COMPILATION_CACHE_MAX_SIZE': str(
-                  caches.COMPILATION_CACHE_BYTES),
-              'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
-  os.environ.update(settings)
-  jax.config.update('jax_compilation_cache_dir',
-                    settings['JAX_COMPILATION_CACHE_DIR'])
-  jax.config.update('jax_compilation_cache_max_size',
-                    caches.COMPILATION_CACHE_BYTES)
+  programs again in fresh processes. New caches for each pytest worker,
+  removed at exit: no test sees another session's entries, nothing is
+  written in ~/.cache, and no two workers write one entry (JAX writes its
+  entries in place)."""
+  path = tempfile.mkdtemp(prefix='l2jax-test-caches-')
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ['L2JAX_CACHE_DIR'] = os.path.join(path, 'l2jax')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(path, 'jax')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  jax.config.update('jax_compilation_cache_dir', os.path.join(path, 'jax'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
