@@ -36,7 +36,7 @@ def load(run: str) -> tuple:
   return preset, analysis
 
 
-def _slope(s: dict) -> str:
+def slope_text(s: dict) -> str:
   if s['slope'] is None:
     return 'n/a'
   return f'{s["slope"]:+.2f} [{s["low"]:+.2f}, {s["high"]:+.2f}]'
@@ -68,7 +68,7 @@ def report(regimes: list) -> str:
            '', '## Slope of log best λ against log α (vertex estimator)', '',
            f'| method | paper | {head} |', rule]
   for method, (_, mode) in presets.METHODS.items():
-    cells = [(_slope(a[method]['slope_vertex']) + ' (mechanism: '
+    cells = [(slope_text(a[method]['slope_vertex']) + ' (mechanism: '
               + separability.expected(mode, a['scale_invariant_share']) + ')')
              if method in a else '–' for _, a in regimes]
     lines.append(f'| {method} | {separability.PAPER_SLOPE[mode]:+.0f} | '
@@ -77,7 +77,7 @@ def report(regimes: list) -> str:
             f'| method | {head} |', '|---' * (len(regimes) + 1) + '|']
   for method in presets.METHODS:
     lines.append(f'| {method} | ' + ' | '.join(
-        _slope(a[method]['slope_argmax']) if method in a else '–'
+        slope_text(a[method]['slope_argmax']) if method in a else '–'
         for _, a in regimes) + ' |')
   lines += ['', '## Test accuracy gain of the best cell over λ = 0 (points)',
             '', f'| method | {head} |', '|---' * (len(regimes) + 1) + '|']
