@@ -32,7 +32,8 @@ def overrides(cifar_small):
   return [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
           '--config.max_train_examples=512', '--config.num_epochs=2',
           '--config.checkpoint_every_steps=5', '--config.augment=True',
-          '--config.checkpoints_to_keep=20', '--config.model=seed_cnn_narrow']
+          '--config.checkpoints_to_keep=20', '--config.model=seed_cnn_narrow',
+          "--config.noise_sigmas=()"]
 
 
 @pytest.fixture(scope='module')
