@@ -20,7 +20,9 @@ configs/sweeps/coupled_vs_decoupled.py). Writes to `--out`:
   λ = 0, and the Δθ ratios (`benchmarks.separability`);
 - `heatmaps.png`, `collapse.png`, `angles.png`, `report.md`.
 
-`--report_only` rebuilds them from the cells' files. `--methods=sgd,sgdw`
+`--report_only` rebuilds them from the cells' files, or, where `--out` holds
+no cells (a committed report), from its `results.csv`: then angles.png,
+which needs the cells' metrics, is left as it is. `--methods=sgd,sgdw`
 runs (or reports) one pair only; run the rest later into the same `--out`.
 """
 
@@ -154,6 +156,16 @@ def grown_cells(preset, out: str) -> list:
   return list(cells.values())
 
 
+def committed_rows(preset, out: str) -> list:
+  """The preset's methods' rows from OUT/results.csv, for a folder that
+  holds a report but not its cells."""
+  path = os.path.join(out, 'results.csv')
+  if not os.path.exists(path):
+    raise L2JaxError(f'{out} holds neither cells/ nor results.csv: run the '
+                     'preset there first (without --report_only)')
+  return [r for r in sweep.read_csv(path) if r['method'] in preset.methods]
+
+
 def select(preset, method: str, folds: int, out: str,
            executor: sweep.Executor, keep_checkpoints: bool) -> tuple:
   """λ for `method` at the preset's `select_lr` (benchmarks.selection):
@@ -211,22 +223,27 @@ def main(argv):
     return
   if FLAGS.methods:
     preset.methods = only(preset, FLAGS.methods)
+  from_csv = FLAGS.report_only and not os.path.isdir(
+      os.path.join(out, 'cells'))
   try:
-    if FLAGS.report_only:
-      cells = grown_cells(preset, out)
+    if from_csv:
+      rows = committed_rows(preset, out)
     else:
-      cells, trained = train_grid(preset, out, cli.executor(),
-                                  FLAGS.keep_checkpoints)
+      cells, trained = (
+          (grown_cells(preset, out), 0) if FLAGS.report_only else
+          train_grid(preset, out, cli.executor(), FLAGS.keep_checkpoints))
+      rows = [row(out, c) for c in cells]
   except L2JaxError as e:
     raise SystemExit(f'coupled_vs_decoupled: error: {e}') from e
-  rows = [row(out, c) for c in cells]
-  sweep.write_csv(rows, COLUMNS, os.path.join(out, 'results.csv'))
+  if not from_csv:
+    sweep.write_csv(rows, COLUMNS, os.path.join(out, 'results.csv'))
   analysis = separability.analyse(rows, preset)
   outputs.write_atomic(os.path.join(out, 'analysis.json'),
                        separability.to_json(analysis))
   figures.heatmaps(rows, analysis, preset, os.path.join(out, 'heatmaps.png'))
   figures.collapse(rows, preset, os.path.join(out, 'collapse.png'))
-  figures.angles(rows, preset, os.path.join(out, 'angles.png'), out)
+  if not from_csv:
+    figures.angles(rows, preset, os.path.join(out, 'angles.png'), out)
   report = separability.report(rows, analysis, preset,
                                time.perf_counter() - start, trained)
   outputs.write_atomic(os.path.join(out, 'report.md'), report)

@@ -5,8 +5,9 @@ into one report with the regimes ordered by their scale-invariant share.
     python -m benchmarks.regimes --runs=runs/cvd_cpu_bn,runs/cvd_cpu_mixed,runs/cvd_cpu \
         --out=benchmarks/results/separability
 
-Copies each run's report, results and figures into OUT/<preset>/ and
-writes OUT/report.md from their analysis.json files.
+Copies each run's report, results and figures into OUT/<preset>/ (unless
+they are there already: `--runs=OUT/cpu_bn,...` rebuilds the joined report
+of committed runs) and writes OUT/report.md from their analysis.json files.
 """
 
 import json
@@ -55,6 +56,24 @@ def _ratio(q: dict) -> str:
   return f'{q["median"]:.2f} ({100 * q["within_20pct"]:.0f}% within 20%)'
 
 
+def _totals(by_lr: dict) -> str:
+  return ', '.join(f'{float(lr):g}: {t:.2f}' if t is not None else
+                   f'{float(lr):g}: –' for lr, t in by_lr.items())
+
+
+def _section(title: str, regimes: list, text) -> list:
+  """A table: one row per method, one column per regime, `text` of each
+  method's analysis."""
+  head = ' | '.join(f'`{p}` ({100 * a["scale_invariant_share"]:.0f}% '
+                    'invariant)' for p, a in regimes)
+  lines = ['', f'## {title}', '', f'| method | {head} |',
+           '|---' * (len(regimes) + 1) + '|']
+  for method in presets.METHODS:
+    lines.append(f'| {method} | ' + ' | '.join(
+        text(a[method]) if method in a else '–' for _, a in regimes) + ' |')
+  return lines
+
+
 def report(regimes: list) -> str:
   """regimes: [(preset, analysis)], highest scale-invariant share first."""
   head = ' | '.join(f'`{p}` ({100 * a["scale_invariant_share"]:.0f}% '
@@ -69,30 +88,22 @@ def report(regimes: list) -> str:
            f'| method | paper | {head} |', rule]
   for method, (_, mode) in presets.METHODS.items():
     cells = [(slope_text(a[method]['slope_vertex']) + ' (mechanism: '
-              + separability.expected(mode, a['scale_invariant_share']) + ')')
+              + separability.expected(method, a['scale_invariant_share'])
+              + ')')
              if method in a else '–' for _, a in regimes]
     lines.append(f'| {method} | {separability.PAPER_SLOPE[mode]:+.0f} | '
                  + ' | '.join(cells) + ' |')
-  lines += ['', '## The same slopes by the argmax', '',
-            f'| method | {head} |', '|---' * (len(regimes) + 1) + '|']
-  for method in presets.METHODS:
-    lines.append(f'| {method} | ' + ' | '.join(
-        slope_text(a[method]['slope_argmax']) if method in a else '–'
-        for _, a in regimes) + ' |')
-  lines += ['', '## Test accuracy gain of the best cell over λ = 0 (points)',
-            '', f'| method | {head} |', '|---' * (len(regimes) + 1) + '|']
-  for method in presets.METHODS:
-    lines.append(f'| {method} | ' + ' | '.join(
-        _gain(a[method]['gain']) if method in a else '–'
-        for _, a in regimes) + ' |')
-  lines += ['', '## Measured Δθ over the equilibrium Δθ* (scale-invariant '
-            'groups, cells with Σ_t s_t ≥ 5), mid-training and last epoch',
-            '', f'| method | {head} |', '|---' * (len(regimes) + 1) + '|']
-  for method in presets.METHODS:
-    lines.append(f'| {method} | ' + ' | '.join(
-        (f'mid {_ratio(a[method]["angle_ratio_mid"])}; last '
-         f'{_ratio(a[method]["angle_ratio_last"])}') if method in a else '–'
-        for _, a in regimes) + ' |')
+  lines += _section('The same slopes by the argmax', regimes,
+                    lambda a: slope_text(a['slope_argmax']))
+  lines += _section('Test accuracy gain of the best cell over λ = 0 (points)',
+                    regimes, lambda a: _gain(a['gain']))
+  lines += _section('Total shrink Σ_t s_t at each row\'s vertex λ̂, by lr',
+                    regimes, lambda a: _totals(a['shrink_at_vertex']))
+  lines += _section(
+      'Measured Δθ over the equilibrium Δθ* (scale-invariant groups, cells '
+      'with Σ_t s_t ≥ 5), mid-training and last epoch', regimes,
+      lambda a: (f'mid {_ratio(a["angle_ratio_mid"])}; last '
+                 f'{_ratio(a["angle_ratio_last"])}'))
   return '\n'.join(lines) + '\n'
 
 
@@ -111,8 +122,9 @@ def main(argv):
   for run, (preset, _) in zip(runs, [load(r) for r in runs]):
     folder = os.path.join(FLAGS.out, preset)
     os.makedirs(folder, exist_ok=True)
-    for name in FILES:
-      shutil.copy(os.path.join(run, name), folder)
+    if os.path.realpath(run) != os.path.realpath(folder):
+      for name in FILES:
+        shutil.copy(os.path.join(run, name), folder)
   text = report(regimes)
   outputs.write_atomic(os.path.join(FLAGS.out, 'report.md'), text)
   print(text, end='')

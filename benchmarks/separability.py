@@ -7,21 +7,23 @@ import math
 import re
 
 import numpy as np
+import scipy.stats
 
 from benchmarks import slopes
 from benchmarks import sweep
 from configs import cifar
 from configs.sweeps import coupled_vs_decoupled as presets
+from l2jax import equilibrium
 from l2jax import outputs
 
 # Loshchilov & Hutter (ICLR 2019, Fig. 2), networks with batch norm: the
 # best λ moves as 1/α under coupled decay and stays put under decoupled.
 PAPER_SLOPE = {'coupled': -1.0, 'decoupled': 0.0}
 # The slopes each regime predicts (the README's mechanism): for
-# scale-invariant weights the equilibrium angle sets the best λ (coupled
-# s = α λ/(1 − β): −1; decoupled s = η λ: 0); without normalization the
-# minimizer of L + ½ λ‖w‖² does (coupled: 0; decoupled acts as λ/α: +1).
-INVARIANT_SLOPE = {'coupled': -1.0, 'decoupled': 0.0}
+# scale-invariant weights the equilibrium angle sets the best λ, and Δθ* is
+# a function of α^p λ (equilibrium.lr_power: SGD coupled −1, Adam coupled
+# −2, decoupled 0); without normalization the fixed point of L + ½ λ‖w‖²
+# does (coupled: 0; decoupled acts as λ/α: +1).
 PLAIN_SLOPE = {'coupled': 0.0, 'decoupled': 1.0}
 
 
@@ -137,28 +139,69 @@ def gain(rows: list, draws: int = 2000, seed: int = 0) -> dict:
           'gain': difference(seeds), 'low': float(low), 'high': float(high)}
 
 
+def shrink_at(rows: list, weight) -> float:
+  """Σ_t s_t at λ = `weight` in one lr row: the median over seeds at each
+  λ, interpolated linearly in log Σ against log λ (Σ ∝ λ but for coupled
+  Adam's √v̂); nan without a weight or a finite total."""
+  totals = {}
+  for r in rows:
+    if r['l2_weight'] > 0 and r['shrink_total'] > 0:
+      totals.setdefault(r['l2_weight'], []).append(r['shrink_total'])
+  if not weight or not totals:
+    return math.nan
+  weights = sorted(totals)
+  return float(np.exp(np.interp(
+      np.log(weight), np.log(weights),
+      np.log([np.median(totals[w]) for w in weights]))))
+
+
+def peak_height(rows: list) -> dict:
+  """One lr row (λ = 0 cells included): how much validation accuracy its
+  best λ > 0 adds over λ = 0, the best λ chosen on the other seeds and
+  measured on the one left out (the maximum over a row's own noisy means
+  would flatter every row); mean and 95% t-interval over the seeds. Where
+  the interval reaches 0 the seeds do not show that decay helps the row at
+  all, and its vertex is weak evidence of where the optimum lies."""
+  seeds = sorted({r['seed'] for r in rows})
+  accuracy = {(r['l2_weight'], r['seed']): r['val_accuracy'] for r in rows}
+  lifts = []
+  for left_out in seeds:
+    best = slopes.argmax(slopes.mean_accuracy(
+        rows, [s for s in seeds if s != left_out]))
+    if best is not None:
+      lifts.append(accuracy.get((best, left_out), math.nan)
+                   - accuracy.get((0.0, left_out), math.nan))
+  lifts = [v for v in lifts if math.isfinite(v)]
+  if len(lifts) < 2:
+    return {'height': math.nan, 'low': math.nan, 'high': math.nan}
+  half = (scipy.stats.t.ppf(0.975, len(lifts) - 1) * np.std(lifts, ddof=1)
+          / math.sqrt(len(lifts)))
+  mean = float(np.mean(lifts))
+  return {'height': mean, 'low': mean - half, 'high': mean + half}
+
+
 def method_analysis(rows: list, preset) -> dict:
   """One method's rows: per-row argmax and vertex, both slopes with 95%
-  intervals, the rows still at an edge, the gain over λ = 0, the total
-  shrink at each row's best λ, and the Δθ ratios of its cells."""
+  intervals, the rows still at an edge, each row's peak over its λ = 0
+  cell, the gain over λ = 0, the total shrink Σ_t s_t at each row's vertex
+  λ̂, and the Δθ ratios of its cells."""
   seeds = list(preset.seeds)
   decayed = [r for r in rows if r['l2_weight'] > 0]
-  rows_at_edge = {}
-  shrink_at_best = {}
+  vertex = slopes.best_by_lr(decayed, seeds, slopes.vertex)
+  rows_at_edge, shrink_at_vertex = {}, {}
   for (_, lr), cells in by_row(decayed).items():
-    accuracy = slopes.mean_accuracy(cells, seeds)
-    rows_at_edge[lr] = slopes.at_edge(accuracy)
-    best = slopes.argmax(accuracy)
-    shrink_at_best[lr] = _median([r['shrink_total'] for r in cells
-                                  if r['l2_weight'] == best])
+    rows_at_edge[lr] = slopes.at_edge(slopes.mean_accuracy(cells, seeds))
+    shrink_at_vertex[lr] = shrink_at(cells, vertex[lr])
   converged = [r for r in decayed if r['shrink_total'] >= 5]
   return {
+      'peak': {lr: peak_height(cells) for (_, lr), cells in
+               by_row(rows).items()},
       'argmax': slopes.best_by_lr(decayed, seeds, slopes.argmax),
-      'vertex': slopes.best_by_lr(decayed, seeds, slopes.vertex),
+      'vertex': vertex,
       'slope_argmax': slopes.bootstrap(decayed, slopes.argmax),
       'slope_vertex': slopes.bootstrap(decayed, slopes.vertex),
       'at_edge': rows_at_edge,
-      'shrink_at_best': shrink_at_best,
+      'shrink_at_vertex': shrink_at_vertex,
       'gain': gain(rows),
       'angle_ratio_last': _quantiles([r['angle_ratio_last']
                                       for r in converged]),
@@ -211,10 +254,11 @@ def _slope(s: dict) -> str:
              else ''))
 
 
-def expected(mode: str, share: float) -> str:
+def expected(method: str, share: float) -> str:
   """The mechanism's slope for a share of scale-invariant parameters."""
+  optimizer, mode = presets.METHODS[method]
   if share >= 0.9:
-    return f'{INVARIANT_SLOPE[mode]:+.0f}'
+    return f'{-equilibrium.lr_power(optimizer, mode):+.0f}'
   if share <= 0.1:
     return f'{PLAIN_SLOPE[mode]:+.0f}'
   return 'between'
@@ -239,9 +283,14 @@ def report(rows: list, analysis: dict, preset, seconds: float,
       'log λ around the argmax; the slope of log λ against log α by least '
       'squares over the rows, with a 95% interval from resampling the seeds '
       '(benchmarks/slopes.py). Expected: Loshchilov & Hutter\'s Fig. 2 (batch '
-      'norm), and the mechanism for this network\'s scale-invariant share.',
+      'norm), and the mechanism for this network\'s scale-invariant share '
+      '(l2jax/equilibrium.py, `lr_power`). Rows without a peak: those whose '
+      'best λ > 0 does not lift validation accuracy over λ = 0 beyond its '
+      '95% interval (next section): their seeds do not show that decay '
+      'helps there, so where their vertex lies is weak evidence.',
       '', '| method | vertex λ̂ by lr | slope (vertex) | slope (argmax) | '
-      'paper | mechanism | rows at an edge |', '|---|---|---|---|---|---|---|']
+      'paper | mechanism | rows at an edge | rows without a peak |',
+      '|---|---|---|---|---|---|---|---|']
   for method in preset.methods:
     a, mode = analysis[method], presets.METHODS[method][1]
     vertices = ', '.join(f'{lr:g}: {w:.3g}' if w else f'{lr:g}: –'
@@ -249,7 +298,18 @@ def report(rows: list, analysis: dict, preset, seconds: float,
     edges = ', '.join(f'{lr:g} ({e})' for lr, e in a['at_edge'].items() if e)
     lines.append(f'| {method} | {vertices} | {_slope(a["slope_vertex"])} | '
                  f'{_slope(a["slope_argmax"])} | {PAPER_SLOPE[mode]:+.0f} | '
-                 f'{expected(mode, share)} | {edges or "none"} |')
+                 f'{expected(method, share)} | {edges or "none"} | '
+                 f'{_flat(a["peak"]) or "none"} |')
+  lines += ['', '## Each row\'s peak: its best λ > 0 over λ = 0', '',
+            'Validation accuracy (points) that the row\'s best λ > 0 adds over '
+            'λ = 0, the best λ chosen on the other seeds and measured on the '
+            'one left out (no selection bias); mean and 95% t-interval over '
+            'the seeds (benchmarks/separability.py, `peak_height`).',
+            '', '| method | peak by lr |', '|---|---|']
+  for method in preset.methods:
+    lines.append(f'| {method} | ' + ', '.join(
+        f'{lr:g}: {_points(p)}' for lr, p in analysis[method]['peak'].items())
+                 + ' |')
   lines += ['', '## Gain of the best cell over λ = 0', '',
             'Test accuracy (%) of the cell of best mean validation accuracy, '
             'minus that of the best λ = 0 cell, 95% interval over seeds.', '',
@@ -267,18 +327,19 @@ def report(rows: list, analysis: dict, preset, seconds: float,
         f'[{100 * g["low"]:+.2f}, {100 * g["high"]:+.2f}] |')
   lines += ['', '## The mechanism: angular updates', '',
             'Σ_t s_t: the total shrink the decay gave the weights; its value '
-            'at each row\'s best λ. Δθ/Δθ*: the measured angular update of '
-            'the scale-invariant kernel groups over the predicted equilibrium '
+            'at each row\'s vertex λ̂ (interpolated between its cells; – '
+            'where the row has no vertex). Δθ/Δθ*: the measured angular '
+            'update of the scale-invariant kernel groups over the predicted equilibrium '
             '(l2jax/equilibrium.py), in cells with Σ_t s_t ≥ 5: at the last '
             'epoch and at mid-training (10th, 50th, 90th percentile; share '
             'within 20%).', '',
-            '| method | Σ s_t at the best λ, by lr | cells | Δθ/Δθ* last '
+            '| method | Σ s_t at the vertex λ̂, by lr | cells | Δθ/Δθ* last '
             'epoch | within 20% | Δθ/Δθ* mid-training | within 20% |',
             '|---|---|---|---|---|---|---|']
   for method in preset.methods:
     a = analysis[method]
-    totals = ', '.join(f'{lr:g}: {t:.2g}' for lr, t in
-                       a['shrink_at_best'].items())
+    totals = ', '.join(f'{lr:g}: {t:.2g}' if math.isfinite(t) else
+                       f'{lr:g}: –' for lr, t in a['shrink_at_vertex'].items())
     lines.append(f'| {method} | {totals} | {a["cells_converged"]} | '
                  f'{_spread(a["angle_ratio_last"])} | '
                  f'{_share(a["angle_ratio_last"])} | '
@@ -288,6 +349,19 @@ def report(rows: list, analysis: dict, preset, seconds: float,
             'collapse.png (accuracy against Σ_t s_t), angles.png (Δθ against '
             'Δθ*). Every cell: results.csv; the numbers above: analysis.json.']
   return '\n'.join(lines) + '\n'
+
+
+def _flat(peaks: dict) -> str:
+  """The lrs of rows whose peak interval reaches 0."""
+  return ', '.join(f'{lr:g}' for lr, p in peaks.items()
+                   if not p['low'] > 0)
+
+
+def _points(p: dict) -> str:
+  if not math.isfinite(p['height']):
+    return 'n/a'
+  return (f'{100 * p["height"]:+.1f} [{100 * p["low"]:+.1f}, '
+          f'{100 * p["high"]:+.1f}]')
 
 
 def _spread(q: dict) -> str:

@@ -395,6 +395,20 @@ def write_csv(rows: Sequence[dict], columns: Sequence[str], path: str) -> None:
   outputs.write_atomic(path, text.getvalue())
 
 
+def read_csv(path: str) -> list:
+  """`write_csv`'s rows back: numbers as floats (`seed` an int), the rest as
+  text."""
+  def value(key: str, text: str):
+    if key == 'seed':
+      return int(text)
+    try:
+      return float(text)
+    except ValueError:
+      return text
+  with open(path, newline='') as f:
+    return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def cpu_model() -> str:
   try:
     with open('/proc/cpuinfo') as f:

@@ -32,6 +32,24 @@ sin² Δθ* = (2s − s²)(1 − β + βs)/(1 + β − βs) ≈ 2s (1 − β)/(1
 
 The equilibrium is reached after about 1/(2s) steps and follows a schedule
 only while s_t changes slowly on that scale.
+
+**How Δθ* moves with α** (`lr_power`): Δθ* is a function of α^p λ, so
+holding it fixed takes λ ∝ α^−p, the separability slope of a scale-invariant
+network. SGD: p = 1 coupled (s ∝ α λ), 0 decoupled (s = η λ), 1
+`decoupled_lr`. AdamW: its step is about α per coordinate whatever ‖w‖ is,
+so with C coordinates ‖w‖² settles where 2 s ‖w‖² ≈ α² C κ and Δθ* ≈ √(2 s
+κ'), p = 0 (`decoupled`; 1 for `decoupled_lr`); κ, κ' are momentum factors.
+Coupled Adam divides the decay by √v̂ too. With the gradient of the data
+loss of norm G/‖w‖ (G: at unit norm) dominating v̂, √v̂ ≈ G/(‖w‖ √C) and
+s = α λ ‖w‖ √C / G; putting that into the balance above gives
+
+  Δθ*³ ≈ 2 κ'' α² λ C / G,
+
+p = 2: coupled Adam's best λ moves as α^−2, not α^−1 (with Kosson et al.'s
+Adam+L2 equilibrium; the per-coordinate s above is what a run records).
+Once λ ‖w‖ outgrows G/‖w‖ the decay dominates v̂ and ‖w‖ falls to about
+α √C: a regime no useful λ reaches. A trained toy checks every p
+(tests/equilibrium_test.py).
 """
 
 import dataclasses
@@ -105,6 +123,16 @@ def equilibrium_angle(shrink, f: Filter):
   sin2 = (2 * shrink - shrink * shrink) * c0 / (c0 + 2 * q * c1)
   angle = jnp.arcsin(jnp.sqrt(jnp.clip(sin2, 0.0, 1.0)))
   return jnp.where(shrink > 0, angle, jnp.nan)
+
+
+def lr_power(optimizer: str, mode: str) -> int:
+  """p such that a scale-invariant weight's Δθ* is a function of α^p λ
+  (module docstring): the best λ then moves as α^−p."""
+  if mode in ('none', 'decoupled'):
+    return 0
+  if mode == 'decoupled_lr':
+    return 1
+  return 2 if optimizer == 'adam' else 1
 
 
 def _adam_nu(opt_state):

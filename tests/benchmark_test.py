@@ -78,6 +78,30 @@ def test_the_local_executor_gives_the_inline_results(smoke_bn):
   assert (local / 'submitit').is_dir()  # submitit's job records.
 
 
+def test_a_report_rebuilt_from_results_csv_alone_has_the_same_analysis(
+    smoke_bn, tmp_path):
+  """A committed report keeps results.csv but not the cells: --report_only
+  reads it instead, to the same analysis."""
+  inline, _ = smoke_bn['inline']
+  for name in ('results.csv', 'angles.png'):
+    (tmp_path / name).write_bytes((inline / name).read_bytes())
+  result = run_benchmark('coupled_vs_decoupled', '--preset=smoke_bn',
+                         f'--out={tmp_path}', '--report_only')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((tmp_path / 'analysis.json').read_text()) == json.loads(
+      (inline / 'analysis.json').read_text())
+  assert (tmp_path / 'angles.png').read_bytes() == (
+      inline / 'angles.png').read_bytes()
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  result = run_benchmark('coupled_vs_decoupled', '--preset=smoke_bn',
+                         f'--out={empty}', '--report_only')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      'holds neither cells/ nor results.csv: run the preset there first '
+      '(without --report_only)'), result.stderr
+
+
 def test_methods_the_preset_does_not_run_stop_in_one_line():
   preset = presets.get_config('smoke_bn')  # adam, adamw.
   assert cvd.only(preset, ['adamw']) == ('adamw',)

@@ -97,6 +97,24 @@ def test_a_scale_invariant_toy_reaches_the_predicted_equilibrium(
   assert measured == pytest.approx(predicted, rel=0.10)
 
 
+@pytest.mark.parametrize('optimizer, mode, lr, weight', [
+    ('sgd', 'coupled', 0.1, 5e-3), ('adam', 'coupled', 1e-2, 1e-3),
+    ('adam', 'decoupled', 1e-2, 1e-3)])
+def test_the_equilibrium_angle_depends_on_lr_to_the_power_p_times_lambda(
+    optimizer, mode, lr, weight):
+  """4α with λ·4^−p turns the toy by the same measured Δθ; λ·4^(1−p) (the
+  next power's answer) by a different one. Coupled Adam's p = 2 (its Δθ*
+  from the per-coordinate shrink, checked here too) is why its best λ
+  should move as α^−2."""
+  p = equilibrium.lr_power(optimizer, mode)
+  base, predicted = toy_angles(optimizer, mode, lr, weight)
+  same, _ = toy_angles(optimizer, mode, 4 * lr, weight * 4.0 ** -p)
+  other, _ = toy_angles(optimizer, mode, 4 * lr, weight * 4.0 ** (1 - p))
+  assert base == pytest.approx(predicted, rel=0.10)
+  assert same == pytest.approx(base, rel=0.05)
+  assert abs(other / base - 1) > 0.15
+
+
 def test_without_decay_there_is_no_equilibrium_to_predict():
   measured, predicted = toy_angles('sgd', 'none', 0.1, 0.0, steps=400)
   assert measured > 0 and np.isnan(predicted)

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks import separability
 from benchmarks import slopes
 
 LRS = (0.003, 0.01, 0.03, 0.1)  # ×√10 steps… over 33×.
@@ -71,3 +72,40 @@ def test_unfinished_cells_count_as_missing():
   best = slopes.best_by_lr(rows, (0, 1, 2))
   assert best[LRS[0]] is None
   assert slopes.slope(best) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_total_shrink_at_the_vertex_interpolates_between_cells():
+  """Σ s ∝ λ along a row (SGD's decay): at the vertex it is c λ̂."""
+  rows = grid(-1.0)
+  row = [dict(r, shrink_total=40.0 * r['l2_weight']) for r in rows
+         if r['lr'] == 0.01]
+  weight = slopes.vertex(slopes.mean_accuracy(row, (0, 1, 2)))
+  assert separability.shrink_at(row, weight) == pytest.approx(40 * weight)
+  assert math.isnan(separability.shrink_at(row, None))
+
+
+def test_a_peak_is_measured_on_seeds_that_did_not_choose_it():
+  """A row that lifts accuracy by 3 points over λ = 0 in every seed has a
+  peak of 3 (a narrow interval); a flat noisy row's interval reaches 0,
+  though the best of its own noisy means sits above λ = 0."""
+  rng = np.random.default_rng(0)
+  peaked = [dict(r, val_accuracy=r['val_accuracy'] + 0.001 * r['seed'])
+            for r in grid(0.0) if r['lr'] == 0.01]
+  peaked += [{'lr': 0.01, 'l2_weight': 0.0, 'seed': s,
+              'val_accuracy': 0.57 + 0.001 * s} for s in (0, 1, 2)]
+  p = separability.peak_height(peaked)
+  assert p['height'] == pytest.approx(0.6 - 0.02 * 0.37 ** 2 - 0.57)
+  assert p['low'] == pytest.approx(p['height'])  # The same lift each seed.
+  flat = [dict(r, val_accuracy=0.5 + 0.01 * rng.normal()) for r in peaked]
+  own_best = max(slopes.mean_accuracy(flat, (0, 1, 2)).values())
+  zero = np.mean([r['val_accuracy'] for r in flat if r['l2_weight'] == 0])
+  p = separability.peak_height(flat)
+  assert own_best > zero and p['low'] < 0 < p['high']
+
+
+@pytest.mark.parametrize('method, share, want', [
+    ('sgd', 0.97, '-1'), ('sgdw', 0.97, '+0'), ('adam', 0.97, '-2'),
+    ('adamw', 0.97, '+0'), ('sgd', 0.0, '+0'), ('adamw', 0.0, '+1'),
+    ('adam', 0.5, 'between')])
+def test_the_mechanism_slope_by_method_and_share(method, share, want):
+  assert separability.expected(method, share) == want
