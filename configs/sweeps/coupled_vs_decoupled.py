@@ -12,6 +12,12 @@ scale-invariant (kernels followed by batch norm):
   Dense layers hold the rest);
 - `cpu`: `seed_cnn_narrow` without normalization (0%).
 
+`cpu_bn_half` is `cpu_bn` at half the steps (15 epochs), coupled SGD at two
+learning rates: under batch norm the best λ of `cpu_bn` gives a total
+shrink Σ_t s_t ≈ 1. If that sets the optimum, halving the steps doubles the
+best λ; if the equilibrium angle does (it depends on α λ alone), the best λ
+stays where it was.
+
 All three train on 2,000 CIFAR-10 images without augmentation for 1,860
 steps (batch 32, 30 epochs, cosine schedule) and evaluate once, at the end,
 on 5,000 held-out validation images and the test split. Each method's row
@@ -32,13 +38,13 @@ import ml_collections
 
 from configs import cifar
 
-PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn')
+PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn', 'cpu_bn_half')
 # The paper's pairs: (optimizer, config.l2.mode) of each method.
 METHODS = {'sgd': ('sgd', 'coupled'), 'sgdw': ('sgd', 'decoupled'),
            'adam': ('adam', 'coupled'), 'adamw': ('adam', 'decoupled')}
 
 
-def _train(model: str, batch_norm: bool, smoke: bool):
+def _train(model: str, batch_norm: bool, smoke: bool, epochs: int = 30):
   train = cifar.get_config()
   train.update(model=model, batch_norm=batch_norm, augment=False,
                noise_sigmas=(), checkpoint_every_steps=0,
@@ -49,7 +55,7 @@ def _train(model: str, batch_norm: bool, smoke: bool):
   else:
     # 5,000 validation images: ±0.7 points of sampling noise at 50%.
     train.update(max_train_examples=2000, validation_fraction=0.1,
-                 num_epochs=30, eval_every_epochs=30, batch_size=32)
+                 num_epochs=epochs, eval_every_epochs=epochs, batch_size=32)
   return train
 
 
@@ -62,8 +68,10 @@ def get_config(preset: str = 'smoke'):
   model, batch_norm = {
       'smoke': ('seed_cnn_narrow', False), 'cpu': ('seed_cnn_narrow', False),
       'cpu_mixed': ('seed_cnn_narrow', True), 'smoke_bn': ('allconv_bn', True),
-      'cpu_bn': ('allconv_bn', True)}[preset]
-  config.train = _train(model, batch_norm, smoke)
+      'cpu_bn': ('allconv_bn', True),
+      'cpu_bn_half': ('allconv_bn', True)}[preset]
+  config.train = _train(model, batch_norm, smoke,
+                        15 if preset == 'cpu_bn_half' else 30)
   config.methods = tuple(METHODS)
   if smoke:
     # One pair each: between them, both optimizers and both regimes.
@@ -90,8 +98,13 @@ def get_config(preset: str = 'smoke'):
                       'adam': (0.03, -0.5), 'adamw': (1e-4, 0.5)},
         'cpu': {'sgd': (1e-2, 0.0), 'sgdw': (1e-4, 1.0),
                 'adam': (1e-2, 0.0), 'adamw': (1e-4, 1.0)},
+        # Between cpu_bn's λ̂ (0.037 at lr 0.003) and twice it.
+        'cpu_bn_half': {'sgd': (0.07, -1.0)},
     }[preset]
     config.points, config.seeds, config.widen_rounds = 4, (0, 1, 2), 4
+    if preset == 'cpu_bn_half':
+      config.methods = ('sgd',)
+      config.lr = {'sgd': (0.003, 0.01)}
   # --select=METHOD chooses λ at this lr, over the first grid's row there.
   config.select_lr = {o: config.lr[o][len(config.lr[o]) // 2]
                       for o in config.lr}
@@ -107,5 +120,6 @@ def get_config(preset: str = 'smoke'):
       'cpu_mixed': '298 min of cells (309 after widening), '
                    '~2.6 h wall two at a time on 2 cores',
       'cpu_bn': '79.5 min wall two at a time on 2 cores '
-                '(231 cells after widening)'}[preset]
+                '(231 cells after widening)',
+      'cpu_bn_half': '8 min wall two at a time on 2 cores (30 cells)'}[preset]
   return config
