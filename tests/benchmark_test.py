@@ -132,7 +132,7 @@ def test_widening_adds_a_step_beyond_an_edge_and_stops_where_decay_fades():
                                   ('sgdw', 3.16e-2, 0), ('sgdw', 3.16e-2, 1)]
 
 
-@pytest.mark.parametrize('name', ['cpu_bn', 'cpu_bn_half'])
+@pytest.mark.parametrize('name', ['cpu_bn', 'cpu_bn_half', 'cpu_bn_double'])
 def test_first_grid_centres_each_row_on_the_guess(name):
   preset = presets.get_config(name)
   cells = cvd.first_grid(preset)

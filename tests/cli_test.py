@@ -35,10 +35,12 @@ def test_real_cifar_slice_learns_writes_every_output_and_is_then_complete(
   temp.mkdir()
   common = [f'--config.dataset=folder:{cifar_small}', '--config.batch_size=32',
             '--config.learning_rate=0.02', '--config.augment=False']
-  # As a user runs it: TensorFlow's log level unset; and a temporary folder
-  # of its own, to see what it leaves there.
+  # As a user runs it: XLA's optimizations on (conftest turns most off),
+  # TensorFlow's log level unset; and a temporary folder of its own, to see
+  # what it leaves there.
   result = run_cli(workdir, *common, '--config.num_epochs=2',
-                   env={'TF_CPP_MIN_LOG_LEVEL': None, 'TMPDIR': str(temp)})
+                   env={'JAX_DISABLE_MOST_OPTIMIZATIONS': None,
+                        'TF_CPP_MIN_LOG_LEVEL': None, 'TMPDIR': str(temp)})
   assert result.returncode == 0, result.stderr[-3000:]
 
   records = read_jsonl(workdir / 'metrics.jsonl')

@@ -1,6 +1,6 @@
-"""The process settings every test runs under (the CPU speed layer's, and
-fresh caches), and the fixture of the real CIFAR-10 copy from
-../shared/data. Helpers live in helpers.py."""
+"""The process settings every test runs under (the CPU speed layer's, XLA's
+optimizations mostly off, and fresh caches), and the fixture of the real
+CIFAR-10 copy from ../shared/data. Helpers live in helpers.py."""
 
 import atexit
 import collections
@@ -38,6 +38,22 @@ def _fresh_caches() -> None:
 
 
 _fresh_caches()
+
+
+def _quick_compiles() -> None:
+  """XLA with most optimizations off, here and in the processes tests start:
+  the suite's time is mostly compilation of programs that then run a few
+  steps, and what the tests check (values to float tolerance, files, errors)
+  does not depend on how XLA optimized a program (the suite: 698 s with
+  them, 598 s without, on a 2-core EPYC). The benchmarks, every user run
+  and the CLI's end-to-end run on a real CIFAR-10 slice (cli_test.py, which
+  trains long enough that unoptimized code costs more than it saves)
+  compile with XLA's defaults."""
+  os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
+  jax.config.update('jax_disable_most_optimizations', True)
+
+
+_quick_compiles()
 
 
 @pytest.fixture(scope='session')

@@ -12,12 +12,6 @@ scale-invariant (kernels followed by batch norm):
   Dense layers hold the rest);
 - `cpu`: `seed_cnn_narrow` without normalization (0%).
 
-`cpu_bn_half` is `cpu_bn` at half the steps (15 epochs), coupled SGD at two
-learning rates: under batch norm the best λ of `cpu_bn` gives a total
-shrink Σ_t s_t ≈ 1. If that sets the optimum, halving the steps doubles the
-best λ; if the equilibrium angle does (it depends on α λ alone), the best λ
-stays where it was.
-
 All three train on 2,000 CIFAR-10 images without augmentation for 1,860
 steps (batch 32, 30 epochs, cosine schedule) and evaluate once, at the end,
 on 5,000 held-out validation images and the test split. Each method's row
@@ -25,6 +19,13 @@ of λ starts around `l2` (λ at the first lr, moved by `guess` decades a
 decade of lr) and is widened by `benchmarks.coupled_vs_decoupled` until
 its best λ has a neighbour on both sides. `smoke` and `smoke_bn` exercise
 every output in CI; their numbers mean nothing.
+
+`cpu_bn_half` and `cpu_bn_double` are `cpu_bn` at half and twice the steps
+(15 and 60 epochs), coupled SGD at lr 0.003 and 0.01. Under batch norm the
+best λ of `cpu_bn` gives a total shrink Σ_t s_t ≈ 1: if that sets the
+optimum, the best λ moves as 1/steps; if the per-step shrink s = α λ/(1 − β)
+does (it sets the equilibrium angle and the effective learning rate), the
+best λ stays where it was.
 
 Measured runtime, two at a time (`--executor=local --parallel=2
 --pin=cores`) on a 2-core CPU (benchmarks/results/separability/): `cpu_bn`
@@ -38,7 +39,9 @@ import ml_collections
 
 from configs import cifar
 
-PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn', 'cpu_bn_half')
+# `cpu_bn` at other run lengths: {preset: epochs}.
+LENGTHS = {'cpu_bn_half': 15, 'cpu_bn_double': 60}
+PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn', *LENGTHS)
 # The paper's pairs: (optimizer, config.l2.mode) of each method.
 METHODS = {'sgd': ('sgd', 'coupled'), 'sgdw': ('sgd', 'decoupled'),
            'adam': ('adam', 'coupled'), 'adamw': ('adam', 'decoupled')}
@@ -68,10 +71,8 @@ def get_config(preset: str = 'smoke'):
   model, batch_norm = {
       'smoke': ('seed_cnn_narrow', False), 'cpu': ('seed_cnn_narrow', False),
       'cpu_mixed': ('seed_cnn_narrow', True), 'smoke_bn': ('allconv_bn', True),
-      'cpu_bn': ('allconv_bn', True),
-      'cpu_bn_half': ('allconv_bn', True)}[preset]
-  config.train = _train(model, batch_norm, smoke,
-                        15 if preset == 'cpu_bn_half' else 30)
+      **dict.fromkeys(('cpu_bn', *LENGTHS), ('allconv_bn', True))}[preset]
+  config.train = _train(model, batch_norm, smoke, LENGTHS.get(preset, 30))
   config.methods = tuple(METHODS)
   if smoke:
     # One pair each: between them, both optimizers and both regimes.
@@ -98,11 +99,12 @@ def get_config(preset: str = 'smoke'):
                       'adam': (0.03, -0.5), 'adamw': (1e-4, 0.5)},
         'cpu': {'sgd': (1e-2, 0.0), 'sgdw': (1e-4, 1.0),
                 'adam': (1e-2, 0.0), 'adamw': (1e-4, 1.0)},
-        # Between cpu_bn's λ̂ (0.037 at lr 0.003) and twice it.
+        # Between cpu_bn's λ̂ (0.037 at lr 0.003) and twice or half it.
         'cpu_bn_half': {'sgd': (0.07, -1.0)},
+        'cpu_bn_double': {'sgd': (0.025, -1.0)},
     }[preset]
     config.points, config.seeds, config.widen_rounds = 4, (0, 1, 2), 4
-    if preset == 'cpu_bn_half':
+    if preset in LENGTHS:
       config.methods = ('sgd',)
       config.lr = {'sgd': (0.003, 0.01)}
   # --select=METHOD chooses λ at this lr, over the first grid's row there.
@@ -121,5 +123,7 @@ def get_config(preset: str = 'smoke'):
                    '~2.6 h wall two at a time on 2 cores',
       'cpu_bn': '79.5 min wall two at a time on 2 cores '
                 '(231 cells after widening)',
-      'cpu_bn_half': '8 min wall two at a time on 2 cores (30 cells)'}[preset]
+      'cpu_bn_half': '8 min wall two at a time on 2 cores (30 cells)',
+      'cpu_bn_double': '22 min wall two at a time on 2 cores '
+                       '(36 cells after widening)'}[preset]
   return config
