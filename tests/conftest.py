@@ -44,10 +44,9 @@ def _quick_compiles() -> None:
   """XLA with most optimizations off, here and in the processes tests start:
   the suite's time is mostly compilation of programs that then run a few
   steps, and what the tests check (values to float tolerance, files, errors)
-  does not depend on how XLA optimized a program (the suite: 698 s with
-  them, 496 s without, on a 2-core EPYC). The benchmarks, every user run
-  and the CLI's end-to-end run on a real CIFAR-10 slice (cli_test.py, which
-  trains long enough that unoptimized code costs more than it saves)
+  does not depend on how XLA optimized a program. The benchmarks, every user
+  run and the CLI's end-to-end run on a real CIFAR-10 slice (cli_test.py,
+  which trains long enough that unoptimized code costs more than it saves)
   compile with XLA's defaults."""
   os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
   jax.config.update('jax_disable_most_optimizations', True)
