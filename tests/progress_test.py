@@ -11,10 +11,13 @@ from l2jax import progress
 
 @pytest.fixture
 def lines(caplog, monkeypatch):
-  """The INFO lines l2jax logs, off a terminal (as pytest's capture is)."""
+  """The lines l2jax.progress logs, off a terminal (as pytest's capture is);
+  not other modules' (an orbax thread a checkpoint test left behind may log
+  to absl meanwhile)."""
   monkeypatch.setattr('sys.stderr.isatty', lambda: False)
   caplog.set_level(logging.INFO, logger='absl')
-  return lambda: [r.getMessage() for r in caplog.records]
+  return lambda: [r.getMessage() for r in caplog.records
+                  if r.module == 'progress']
 
 
 def test_off_a_terminal_a_line_every_interval(lines):
