@@ -10,7 +10,6 @@ slope by more than its interval's width, those intervals understate the
 run-to-run spread.
 """
 
-import csv
 import math
 import os
 import statistics
@@ -20,6 +19,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import regimes
+from benchmarks import sweep
 from configs.sweeps import coupled_vs_decoupled as presets
 from l2jax import outputs
 
@@ -30,10 +30,9 @@ KEY = ('method', 'lr', 'l2_weight', 'seed')
 def val_accuracies(run: str) -> dict:
   """{(method, lr, λ, seed): validation accuracy} of a run's finished
   cells."""
-  with open(os.path.join(run, 'results.csv'), newline='') as f:
-    rows = list(csv.DictReader(f))
-  return {tuple(r[k] for k in KEY): float(r['val_accuracy']) for r in rows
-          if r['status'] == 'done' and math.isfinite(float(r['val_accuracy']))}
+  rows = sweep.read_csv(os.path.join(run, 'results.csv'))
+  return {tuple(r[k] for k in KEY): r['val_accuracy'] for r in rows
+          if r['status'] == 'done' and math.isfinite(r['val_accuracy'])}
 
 
 def differences(first: dict, second: dict) -> dict:
