@@ -7,7 +7,8 @@ into one report with the regimes ordered by their scale-invariant share.
 
 Copies each run's report, results and figures into OUT/<preset>/ (unless
 they are there already: `--runs=OUT/cpu_bn,...` rebuilds the joined report
-of committed runs) and writes OUT/report.md from their analysis.json files.
+of committed runs) and writes OUT/report.md (`--report`) from their
+analysis.json files.
 """
 
 import json
@@ -56,8 +57,8 @@ def _ratio(q: dict) -> str:
   return f'{q["median"]:.2f} ({100 * q["within_20pct"]:.0f}% within 20%)'
 
 
-def _totals(by_lr: dict) -> str:
-  return ', '.join(f'{float(lr):g}: {t:.2f}' if t is not None else
+def _by_lr(by_lr: dict, text=lambda t: f'{t:.2f}') -> str:
+  return ', '.join(f'{float(lr):g}: {text(t)}' if t is not None else
                    f'{float(lr):g}: –' for lr, t in by_lr.items())
 
 
@@ -97,8 +98,14 @@ def report(regimes: list) -> str:
                     lambda a: slope_text(a['slope_argmax']))
   lines += _section('Test accuracy gain of the best cell over λ = 0 (points)',
                     regimes, lambda a: _gain(a['gain']))
+  lines += _section('Each row\'s vertex λ̂, by lr', regimes,
+                    lambda a: _by_lr(a['vertex'], lambda v: f'{v:.3g}'))
+  lines += _section(
+      'Each row\'s peak: validation points its best λ adds over λ = 0, '
+      'chosen on the other seeds, by lr', regimes,
+      lambda a: _by_lr(a['peak'], separability.peak_text))
   lines += _section('Total shrink Σ_t s_t at each row\'s vertex λ̂, by lr',
-                    regimes, lambda a: _totals(a['shrink_at_vertex']))
+                    regimes, lambda a: _by_lr(a['shrink_at_vertex']))
   lines += _section(
       'Measured Δθ over the equilibrium Δθ* (scale-invariant groups, cells '
       'with Σ_t s_t ≥ 5), mid-training and last epoch', regimes,
@@ -126,12 +133,14 @@ def main(argv):
       for name in FILES:
         shutil.copy(os.path.join(run, name), folder)
   text = report(regimes)
-  outputs.write_atomic(os.path.join(FLAGS.out, 'report.md'), text)
+  outputs.write_atomic(os.path.join(FLAGS.out, FLAGS.report), text)
   print(text, end='')
 
 
 if __name__ == '__main__':
   flags.DEFINE_string('runs', None, 'Run folders, comma-separated.')
   flags.DEFINE_string('out', None, 'Where the joined report goes.')
+  flags.DEFINE_string('report', 'report.md', "The joined report's file name "
+                      'in --out.')
   flags.mark_flags_as_required(['runs', 'out'])
   app.run(main)

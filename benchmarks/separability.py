@@ -308,7 +308,7 @@ def report(rows: list, analysis: dict, preset, seconds: float,
             '', '| method | peak by lr |', '|---|---|']
   for method in preset.methods:
     lines.append(f'| {method} | ' + ', '.join(
-        f'{lr:g}: {_points(p)}' for lr, p in analysis[method]['peak'].items())
+        f'{lr:g}: {peak_text(p)}' for lr, p in analysis[method]['peak'].items())
                  + ' |')
   lines += ['', '## Gain of the best cell over λ = 0', '',
             'Test accuracy (%) of the cell of best mean validation accuracy, '
@@ -357,8 +357,10 @@ def _flat(peaks: dict) -> str:
                    if not p['low'] > 0)
 
 
-def _points(p: dict) -> str:
-  if not math.isfinite(p['height']):
+def peak_text(p: dict) -> str:
+  """A row's peak in points, '+1.1 [+0.9, +1.4]'; 'n/a' where unmeasured
+  (nan, or null in analysis.json)."""
+  if p['height'] is None or not math.isfinite(p['height']):
     return 'n/a'
   return (f'{100 * p["height"]:+.1f} [{100 * p["low"]:+.1f}, '
           f'{100 * p["high"]:+.1f}]')

@@ -6,6 +6,8 @@ killed and resumed: benchmark_rerun_test.py.)"""
 import json
 import math
 
+import jax
+import numpy as np
 import pytest
 
 from benchmarks import coupled_vs_decoupled as cvd
@@ -14,6 +16,9 @@ from configs.sweeps import coupled_vs_decoupled as presets
 from helpers import read_csv
 from helpers import run_benchmark
 from helpers import sweep_args
+from l2jax import equilibrium
+from l2jax import models
+from l2jax import regularization
 
 TIMING = ('wall_seconds', 'train_seconds', 'images_per_second')
 OUTPUTS = ('results.csv', 'analysis.json', 'report.md', 'heatmaps.png',
@@ -132,7 +137,7 @@ def test_widening_adds_a_step_beyond_an_edge_and_stops_where_decay_fades():
                                   ('sgdw', 3.16e-2, 0), ('sgdw', 3.16e-2, 1)]
 
 
-@pytest.mark.parametrize('name', ['cpu_bn', 'cpu_bn_half', 'cpu_bn_double'])
+@pytest.mark.parametrize('name', ['cpu_bn', *presets.VARIANTS])
 def test_first_grid_centres_each_row_on_the_guess(name):
   preset = presets.get_config(name)
   cells = cvd.first_grid(preset)
@@ -152,6 +157,25 @@ def test_first_grid_centres_each_row_on_the_guess(name):
       assert abs(math.log10(centre / want)) <= 0.25 + 1e-9  # ½ a ×√10 step.
       ratios = [b / a for a, b in zip(row, row[1:])]
       assert all(abs(r - math.sqrt(10)) < 0.02 for r in ratios)
+
+
+@pytest.mark.parametrize('name, part, share', [
+    ('cpu_bn_adam_head', {'Dense_0'}, 0.0),
+    ('cpu_bn_adam_convs', {'Conv_0', 'Conv_1', 'Conv_2'}, 1.0)])
+def test_the_part_presets_decay_the_head_alone_or_the_convolutions_alone(
+    name, part, share):
+  train = presets.get_config(name).train
+  model = models.from_config(train, 10)
+  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  params = variables['params']
+  mask = regularization.resolve_mask(train.l2.mask, params)
+  chosen = {'/'.join(k.key for k in path) for path, m in
+            jax.tree_util.tree_flatten_with_path(mask)[0] if m}
+  assert chosen == {f'{group}/kernel' for group in part}
+  invariant = equilibrium.scale_invariant_groups(model, variables, x, 'batch')
+  assert equilibrium.invariant_share(params, mask, invariant) == share
+  assert np.isclose(sum(invariant.values()), 3)  # Every convolution.
 
 
 def test_selection_by_folds_and_by_seeds():

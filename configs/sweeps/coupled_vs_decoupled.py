@@ -20,12 +20,22 @@ decade of lr) and is widened by `benchmarks.coupled_vs_decoupled` until
 its best λ has a neighbour on both sides. `smoke` and `smoke_bn` exercise
 every output in CI; their numbers mean nothing.
 
-`cpu_bn_half` and `cpu_bn_double` are `cpu_bn` at half and twice the steps
-(15 and 60 epochs), coupled SGD at lr 0.003 and 0.01. Under batch norm the
-best λ of `cpu_bn` gives a total shrink Σ_t s_t ≈ 1: if that sets the
-optimum, the best λ moves as 1/steps; if the per-step shrink s = α λ/(1 − β)
-does (it sets the equilibrium angle and the effective learning rate), the
-best λ stays where it was.
+The `cpu_bn_*` variants each change one thing of `cpu_bn` (`VARIANTS`):
+
+- `cpu_bn_half`, `cpu_bn_double`: half and twice the steps (15 and 60
+  epochs), coupled SGD at lr 0.003 and 0.01. Under batch norm the best λ of
+  `cpu_bn` gives a total shrink Σ_t s_t ≈ 1: if that sets the optimum, the
+  best λ moves as 1/steps; if the per-step shrink s = α λ/(1 − β) does (it
+  sets the equilibrium angle and the effective learning rate), the best λ
+  stays where it was.
+- `cpu_bn_constant`: a constant learning rate, SGD and SGDW at lr 0.003 and
+  0.01. Under the cosine schedule Δθ* falls to 0 faster than the weight
+  norm can follow, so the last epoch's Δθ cannot match it; here it can.
+- `cpu_bn_adam_head`, `cpu_bn_adam_convs`: coupled Adam with L2 on part of
+  the kernels: the classifier's alone (not scale-invariant, 0%) or the
+  convolutions' alone (100%). All kernels together, coupled Adam's best λ
+  barely moves with α where the mechanism says α^−2; the split tells which
+  part places it.
 
 Measured runtime, two at a time (`--executor=local --parallel=2
 --pin=cores`) on a 2-core CPU (benchmarks/results/separability/): `cpu_bn`
@@ -39,15 +49,25 @@ import ml_collections
 
 from configs import cifar
 
-# `cpu_bn` at other run lengths: {preset: epochs}.
-LENGTHS = {'cpu_bn_half': 15, 'cpu_bn_double': 60}
-PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn', *LENGTHS)
+SGD_RATES = (0.003, 0.01)
+ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
+# `cpu_bn` changed in one respect: {preset: (methods, their learning rates,
+# train config values)}.
+VARIANTS = {
+    'cpu_bn_half': (('sgd',), SGD_RATES, {'num_epochs': 15}),
+    'cpu_bn_double': (('sgd',), SGD_RATES, {'num_epochs': 60}),
+    'cpu_bn_constant': (('sgd', 'sgdw'), SGD_RATES, {'schedule': 'constant'}),
+    'cpu_bn_adam_head': (('adam',), ADAM_RATES, {'l2.mask': 'Dense_0/kernel'}),
+    'cpu_bn_adam_convs': (('adam',), ADAM_RATES,
+                          {'l2.mask': r'Conv_\d+/kernel'}),
+}
+PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn', *VARIANTS)
 # The paper's pairs: (optimizer, config.l2.mode) of each method.
 METHODS = {'sgd': ('sgd', 'coupled'), 'sgdw': ('sgd', 'decoupled'),
            'adam': ('adam', 'coupled'), 'adamw': ('adam', 'decoupled')}
 
 
-def _train(model: str, batch_norm: bool, smoke: bool, epochs: int = 30):
+def _train(model: str, batch_norm: bool, smoke: bool, values: dict):
   train = cifar.get_config()
   train.update(model=model, batch_norm=batch_norm, augment=False,
                noise_sigmas=(), checkpoint_every_steps=0,
@@ -58,7 +78,9 @@ def _train(model: str, batch_norm: bool, smoke: bool, epochs: int = 30):
   else:
     # 5,000 validation images: ±0.7 points of sampling noise at 50%.
     train.update(max_train_examples=2000, validation_fraction=0.1,
-                 num_epochs=epochs, eval_every_epochs=epochs, batch_size=32)
+                 num_epochs=30, batch_size=32)
+  train.update_from_flattened_dict(values)
+  train.eval_every_epochs = train.num_epochs
   return train
 
 
@@ -71,8 +93,9 @@ def get_config(preset: str = 'smoke'):
   model, batch_norm = {
       'smoke': ('seed_cnn_narrow', False), 'cpu': ('seed_cnn_narrow', False),
       'cpu_mixed': ('seed_cnn_narrow', True), 'smoke_bn': ('allconv_bn', True),
-      **dict.fromkeys(('cpu_bn', *LENGTHS), ('allconv_bn', True))}[preset]
-  config.train = _train(model, batch_norm, smoke, LENGTHS.get(preset, 30))
+      **dict.fromkeys(('cpu_bn', *VARIANTS), ('allconv_bn', True))}[preset]
+  methods, rates, values = VARIANTS.get(preset, (None, None, {}))
+  config.train = _train(model, batch_norm, smoke, values)
   config.methods = tuple(METHODS)
   if smoke:
     # One pair each: between them, both optimizers and both regimes.
@@ -87,8 +110,7 @@ def get_config(preset: str = 'smoke'):
     # ≥ 4 learning rates spanning ≥ 30×; λ on a ×√10 lattice. Low rates
     # for batch norm networks, where the decay's effect on the effective
     # learning rate shows on both sides of the best λ.
-    config.lr = {'sgd': (0.001, 0.003, 0.01, 0.03),
-                 'adam': (1e-4, 3e-4, 1e-3, 3e-3)}
+    config.lr = {'sgd': (0.001, *SGD_RATES, 0.03), 'adam': ADAM_RATES}
     # {method: (λ at the first lr, decades of λ a decade of lr)}: where each
     # row's first λs centre, from single-seed calibration runs and the
     # mechanism's slope; widening corrects them.
@@ -102,11 +124,18 @@ def get_config(preset: str = 'smoke'):
         # Between cpu_bn's λ̂ (0.037 at lr 0.003) and twice or half it.
         'cpu_bn_half': {'sgd': (0.07, -1.0)},
         'cpu_bn_double': {'sgd': (0.025, -1.0)},
+        # At a constant rate Σ s is twice cosine's at the same λ.
+        'cpu_bn_constant': {'sgd': (0.03, -1.0), 'sgdw': (1e-3, 0.0)},
+        # The head's around all kernels' λ̂ (≈ 0.03 at every lr); the
+        # convolutions' between that and the mechanism's α^−2.
+        'cpu_bn_adam_head': {'adam': (0.03, 0.0)},
+        'cpu_bn_adam_convs': {'adam': (0.1, -1.0)},
     }[preset]
     config.points, config.seeds, config.widen_rounds = 4, (0, 1, 2), 4
-    if preset in LENGTHS:
-      config.methods = ('sgd',)
-      config.lr = {'sgd': (0.003, 0.01)}
+    if methods:
+      config.methods = methods
+      config.lr = {optimizer: rates for optimizer in
+                   {METHODS[m][0] for m in methods}}
   # --select=METHOD chooses λ at this lr, over the first grid's row there.
   config.select_lr = {o: config.lr[o][len(config.lr[o]) // 2]
                       for o in config.lr}
@@ -125,5 +154,8 @@ def get_config(preset: str = 'smoke'):
                 '(231 cells after widening)',
       'cpu_bn_half': '8 min wall two at a time on 2 cores (30 cells)',
       'cpu_bn_double': '22 min wall two at a time on 2 cores '
-                       '(36 cells after widening)'}[preset]
+                       '(36 cells after widening)',
+      'cpu_bn_constant': 'not yet measured',
+      'cpu_bn_adam_head': 'not yet measured',
+      'cpu_bn_adam_convs': 'not yet measured'}[preset]
   return config
