@@ -14,8 +14,9 @@ configs/sweeps/coupled_vs_decoupled.py). Writes to `--out`:
 
 - `results.csv`: one row per cell, from the cells' files: accuracies, the
   total shrink Σ_t s_t of the decay, the share of scale-invariant decayed
-  parameters, and the last epoch's angular update Δθ against the
-  equilibrium Δθ* (l2jax.equilibrium) in the scale-invariant groups;
+  parameters, and in the scale-invariant groups the mean angular update Δθ
+  over the run and the last epoch's against the equilibrium Δθ*
+  (l2jax.equilibrium);
 - `analysis.json`: each method's slopes with 95% intervals, gains over
   λ = 0, and the Δθ ratios (`benchmarks.separability`);
 - `heatmaps.png`, `collapse.png`, `angles.png`, `report.md`.
@@ -50,8 +51,7 @@ METRICS = ('train_accuracy', 'train_loss', 'val_accuracy', 'val_loss',
            'test_accuracy', 'test_loss', 'weight_norm',
            'scale_invariant_share')
 LABELS = ('method', 'optimizer', 'mode', 'lr', 'l2_weight', 'seed')
-COLUMNS = (*LABELS, 'status', *METRICS, 'shrink_total', 'angle_last',
-           'angle_equilibrium_last', 'angle_ratio_last', 'angle_ratio_mid',
+COLUMNS = (*LABELS, 'status', *METRICS, *separability.ROTATION,
            'epochs', 'wall_seconds', 'train_seconds', 'images_per_second',
            'error', 'workdir')
 

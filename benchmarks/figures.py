@@ -21,7 +21,7 @@ SMOKE_NOTE = ' (smoke preset: the numbers mean nothing)'
 
 
 def _mean(rows, key):
-  values = [r[key] for r in rows if math.isfinite(r[key])]
+  values = [r[key] for r in rows if math.isfinite(r.get(key, math.nan))]
   return float(np.mean(values)) if values else math.nan
 
 
@@ -98,38 +98,46 @@ def _pairs(preset) -> list:
 
 
 def collapse(rows: list, preset, path: str) -> None:
-  """Validation accuracy (mean over seeds) against the total shrink
-  Σ_t s_t, every decayed cell of both methods of a pair (coupled filled,
-  decoupled open): under batch norm the decay acts through s alone, and the
-  two fall on one curve."""
+  """Validation accuracy (mean over seeds), every cell of both methods of a
+  pair (coupled filled, decoupled open, λ = 0 crosses), against the total
+  shrink Σ_t s_t (top; decayed cells) and against the mean Δθ of the
+  scale-invariant groups (bottom): under batch norm the decay acts through
+  s alone and the two methods fall on one curve; and if the rotation is
+  the decay's effect, accuracy is one function of it whatever α and λ."""
   pairs = _pairs(preset)
-  fig, axes = plt.subplots(1, len(pairs), squeeze=False,
-                           figsize=(max(6 * len(pairs), 9), 4.5))
-  for ax, pair in zip(axes[0], pairs):
-    for method in pair:
-      marker = 'o' if coupled(method) else 's'
-      cells = {}
-      for r in rows:
-        if r['method'] == method and r['l2_weight'] > 0:
-          cells.setdefault((r['lr'], r['l2_weight']), []).append(r)
-      lrs = sorted({lr for lr, _ in cells})
-      colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(lrs), 1)))
-      for (lr, _), group in sorted(cells.items()):
-        x, y = _mean(group, 'shrink_total'), _mean(group, 'val_accuracy')
-        if x > 0 and math.isfinite(y):
-          ax.plot(x, y, marker, color=colours[lrs.index(lr)],
-                  fillstyle='full' if marker == 'o' else 'none',
-                  label=f'{method} α={lr:g}')
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
-    ax.set(xscale='log', xlabel='Σ_t s_t (total shrink from the decay)',
-           ylabel='validation accuracy',
-           title=' and '.join(f'{m} ({"filled" if coupled(m) else "open"})'
-                              for m in pair))
-    ax.axvline(5, color='grey', linestyle=':', linewidth=1)
-  fig.suptitle('Accuracy against the decay\'s total shrink'
-               + (SMOKE_NOTE if preset.preset.startswith('smoke') else ''))
+  fig, axes = plt.subplots(2, len(pairs), squeeze=False,
+                           figsize=(max(6 * len(pairs), 9), 9))
+  for column, pair in enumerate(pairs):
+    cells = {}
+    for r in rows:
+      if r['method'] in pair or (r['optimizer'] == presets.METHODS[pair[0]][0]
+                                 and not r['l2_weight']):
+        key = r['method'] if r['l2_weight'] else 'λ = 0'
+        cells.setdefault((key, r['lr'], r['l2_weight']), []).append(r)
+    lrs = sorted({lr for _, lr, _ in cells})
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(lrs), 1)))
+    for ax, column_key in zip(axes[:, column], ('shrink_total', 'angle_mean')):
+      for (key, lr, _), group in sorted(cells.items()):
+        x, y = _mean(group, column_key), _mean(group, 'val_accuracy')
+        if not (x > 0 and math.isfinite(y)):
+          continue
+        marker = 'x' if key == 'λ = 0' else 'o' if coupled(key) else 's'
+        ax.plot(x, y, marker, color=colours[lrs.index(lr)],
+                fillstyle='none' if marker == 's' else 'full',
+                label=f'{key} α={lr:g}')
+      handles, labels = ax.get_legend_handles_labels()
+      unique = dict(zip(labels, handles))
+      if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
+      ax.set(xscale='log', ylabel='validation accuracy', title=' and '.join(
+          f'{m} ({"filled" if coupled(m) else "open"})' for m in pair))
+    axes[0, column].set_xlabel('Σ_t s_t (total shrink from the decay)')
+    axes[0, column].axvline(5, color='grey', linestyle=':', linewidth=1)
+    axes[1, column].set_xlabel('mean Δθ over the run, scale-invariant '
+                               'kernels (rad per step)')
+  fig.suptitle('Accuracy against the decay\'s total shrink and against the '
+               'rotation' + (SMOKE_NOTE if preset.preset.startswith('smoke')
+                             else ''))
   fig.tight_layout()
   outputs.save_figure(fig, path)
 

@@ -107,6 +107,10 @@ def report(regimes: list) -> str:
   lines += _section('Total shrink Σ_t s_t at each row\'s vertex λ̂, by lr',
                     regimes, lambda a: _by_lr(a['shrink_at_vertex']))
   lines += _section(
+      'Mean Δθ of the scale-invariant kernels at each row\'s vertex λ̂, by '
+      'lr (– where the cells\' metrics were not kept)', regimes,
+      lambda a: _by_lr(a.get('angle_at_vertex', {}), lambda v: f'{v:.2g}'))
+  lines += _section(
       'Measured Δθ over the equilibrium Δθ* (scale-invariant groups, cells '
       'with Σ_t s_t ≥ 5), mid-training and last epoch', regimes,
       lambda a: (f'mid {_ratio(a["angle_ratio_mid"])}; last '

@@ -60,16 +60,20 @@ def angle_ratios(records: list) -> list:
                    for g in groups]) for r in records]
 
 
+ROTATION = ('shrink_total', 'angle_mean', 'angle_last',
+            'angle_equilibrium_last', 'angle_ratio_last', 'angle_ratio_mid')
+
+
 def rotation_columns(workdir: str) -> dict:
   """From a cell's metrics.jsonl: the total shrink Σ_t s_t (median over the
-  decayed kernel groups), and in the scale-invariant groups the last
-  epoch's Δθ, Δθ* and their ratio, and the ratio at mid-training (medians
-  over the groups); nan where there is nothing to measure."""
+  decayed kernel groups), and in the scale-invariant groups the mean Δθ
+  over the run (the rotation the weights made: under batch norm, the
+  effective learning rate), the last epoch's Δθ, Δθ* and their ratio, and
+  the ratio at mid-training (medians over the groups); nan where there is
+  nothing to measure."""
   records = outputs.read_metrics(workdir) if workdir else []
   if not records:
-    return dict.fromkeys(('shrink_total', 'angle_last',
-                          'angle_equilibrium_last', 'angle_ratio_last',
-                          'angle_ratio_mid'), math.nan)
+    return dict.fromkeys(ROTATION, math.nan)
   last = records[-1]
   groups = [k.split('/', 1)[1] for k in last if k.startswith('shrink/')]
   steps = np.diff([0] + [r['step'] for r in records])
@@ -80,6 +84,9 @@ def rotation_columns(workdir: str) -> dict:
   return {
       'shrink_total': _median([t for t in totals if t > 0]) if any(totals)
                       else 0.0,
+      'angle_mean': float(np.mean([_median(
+          [r.get(f'angular_update/{g}') for g in invariant])
+                                   for r in records])),
       'angle_last': _median([last.get(f'angular_update/{g}')
                              for g in invariant]),
       'angle_equilibrium_last': _median(
@@ -139,14 +146,15 @@ def gain(rows: list, draws: int = 2000, seed: int = 0) -> dict:
           'gain': difference(seeds), 'low': float(low), 'high': float(high)}
 
 
-def shrink_at(rows: list, weight) -> float:
-  """Σ_t s_t at λ = `weight` in one lr row: the median over seeds at each
-  λ, interpolated linearly in log Σ against log λ (Σ ∝ λ but for coupled
-  Adam's √v̂); nan without a weight or a finite total."""
+def value_at(rows: list, weight, key: str = 'shrink_total') -> float:
+  """A positive column (Σ_t s_t, mean Δθ) at λ = `weight` in one lr row:
+  the median over seeds at each λ, interpolated linearly in its log against
+  log λ (Σ ∝ λ but for coupled Adam's √v̂); nan without a weight or a
+  positive value (a results.csv older than the column has none)."""
   totals = {}
   for r in rows:
-    if r['l2_weight'] > 0 and r['shrink_total'] > 0:
-      totals.setdefault(r['l2_weight'], []).append(r['shrink_total'])
+    if r['l2_weight'] > 0 and r.get(key, math.nan) > 0:
+      totals.setdefault(r['l2_weight'], []).append(r[key])
   if not weight or not totals:
     return math.nan
   weights = sorted(totals)
@@ -188,10 +196,11 @@ def method_analysis(rows: list, preset) -> dict:
   seeds = list(preset.seeds)
   decayed = [r for r in rows if r['l2_weight'] > 0]
   vertex = slopes.best_by_lr(decayed, seeds, slopes.vertex)
-  rows_at_edge, shrink_at_vertex = {}, {}
+  rows_at_edge, shrink_at_vertex, angle_at_vertex = {}, {}, {}
   for (_, lr), cells in by_row(decayed).items():
     rows_at_edge[lr] = slopes.at_edge(slopes.mean_accuracy(cells, seeds))
-    shrink_at_vertex[lr] = shrink_at(cells, vertex[lr])
+    shrink_at_vertex[lr] = value_at(cells, vertex[lr])
+    angle_at_vertex[lr] = value_at(cells, vertex[lr], 'angle_mean')
   converged = [r for r in decayed if r['shrink_total'] >= 5]
   return {
       'peak': {lr: peak_height(cells) for (_, lr), cells in
@@ -202,6 +211,7 @@ def method_analysis(rows: list, preset) -> dict:
       'slope_vertex': slopes.bootstrap(decayed, slopes.vertex),
       'at_edge': rows_at_edge,
       'shrink_at_vertex': shrink_at_vertex,
+      'angle_at_vertex': angle_at_vertex,
       'gain': gain(rows),
       'angle_ratio_last': _quantiles([r['angle_ratio_last']
                                       for r in converged]),
@@ -326,29 +336,38 @@ def report(rows: list, analysis: dict, preset, seconds: float,
         f'{_pct(g["zero"]["test_accuracy"])} | {100 * g["gain"]:+.2f} '
         f'[{100 * g["low"]:+.2f}, {100 * g["high"]:+.2f}] |')
   lines += ['', '## The mechanism: angular updates', '',
-            'Σ_t s_t: the total shrink the decay gave the weights; its value '
-            'at each row\'s vertex λ̂ (interpolated between its cells; – '
-            'where the row has no vertex). Δθ/Δθ*: the measured angular '
-            'update of the scale-invariant kernel groups over the predicted equilibrium '
+            'Σ_t s_t: the total shrink the decay gave the weights; mean Δθ: '
+            'the mean angular update of the scale-invariant kernel groups '
+            'over the run (the rotation that sets their effective learning '
+            'rate); both at each row\'s vertex λ̂ (interpolated between its '
+            'cells; – where the row has no vertex). Δθ/Δθ*: the measured '
+            'angular update over the predicted equilibrium '
             '(l2jax/equilibrium.py), in cells with Σ_t s_t ≥ 5: at the last '
             'epoch and at mid-training (10th, 50th, 90th percentile; share '
             'within 20%).', '',
-            '| method | Σ s_t at the vertex λ̂, by lr | cells | Δθ/Δθ* last '
-            'epoch | within 20% | Δθ/Δθ* mid-training | within 20% |',
-            '|---|---|---|---|---|---|---|']
+            '| method | Σ s_t at the vertex λ̂, by lr | mean Δθ there | cells '
+            '| Δθ/Δθ* last epoch | within 20% | Δθ/Δθ* mid-training | '
+            'within 20% |',
+            '|---|---|---|---|---|---|---|---|']
   for method in preset.methods:
     a = analysis[method]
-    totals = ', '.join(f'{lr:g}: {t:.2g}' if math.isfinite(t) else
-                       f'{lr:g}: –' for lr, t in a['shrink_at_vertex'].items())
-    lines.append(f'| {method} | {totals} | {a["cells_converged"]} | '
+    lines.append(f'| {method} | {_by_lr(a["shrink_at_vertex"], ".2g")} | '
+                 f'{_by_lr(a.get("angle_at_vertex", {}), ".2g")} | '
+                 f'{a["cells_converged"]} | '
                  f'{_spread(a["angle_ratio_last"])} | '
                  f'{_share(a["angle_ratio_last"])} | '
                  f'{_spread(a["angle_ratio_mid"])} | '
                  f'{_share(a["angle_ratio_mid"])} |')
   lines += ['', 'Figures: heatmaps.png (mean validation accuracy by lr × λ), '
-            'collapse.png (accuracy against Σ_t s_t), angles.png (Δθ against '
-            'Δθ*). Every cell: results.csv; the numbers above: analysis.json.']
+            'collapse.png (accuracy against Σ_t s_t and against mean Δθ), '
+            'angles.png (Δθ against Δθ*). Every cell: results.csv; the '
+            'numbers above: analysis.json.']
   return '\n'.join(lines) + '\n'
+
+
+def _by_lr(values: dict, spec: str) -> str:
+  return ', '.join(f'{lr:g}: {v:{spec}}' if math.isfinite(v) else
+                   f'{lr:g}: –' for lr, v in values.items())
 
 
 def _flat(peaks: dict) -> str:

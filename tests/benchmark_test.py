@@ -61,6 +61,7 @@ def test_smoke_bn_writes_every_output_with_the_rotation_measures(smoke_bn):
     decayed = float(row['l2_weight']) > 0
     assert (float(row['shrink_total']) > 0) == decayed
     assert math.isfinite(float(row['angle_last']))
+    assert float(row['angle_mean']) > 0
     assert math.isfinite(float(row['angle_equilibrium_last'])) == decayed
   # λ = 0 is one cell per optimizer, shared by its two methods' rows.
   zero = [r['workdir'] for r in rows if float(r['l2_weight']) == 0]

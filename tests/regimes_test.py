@@ -13,6 +13,7 @@ def analysis(share: float, slope: float) -> dict:
       'gain': {'gain': 0.01, 'low': -0.005, 'high': 0.02},
       'shrink_at_vertex': {'0.001': 0.95, '0.01': None},
       'vertex': {'0.001': 0.0371, '0.01': None},
+      'angle_at_vertex': {'0.001': 0.0031, '0.01': None},
       'peak': {'0.001': {'height': 0.029, 'low': 0.004, 'high': 0.055},
                '0.01': {'height': None, 'low': None, 'high': None}},
       'angle_ratio_mid': {'n': 4, 'median': 0.96, 'within_20pct': 1.0},
@@ -28,6 +29,7 @@ def test_each_regime_is_a_column_with_its_mechanism():
   assert '| sgd | +1.00 [-0.50, +2.00] | +1.00 [-0.50, +2.00] |' in text
   assert '| sgd | 0.001: 0.95, 0.01: – | 0.001: 0.95, 0.01: – |' in text
   assert '| sgd | 0.001: 0.0371, 0.01: – | 0.001: 0.0371, 0.01: – |' in text
+  assert '| sgd | 0.001: 0.0031, 0.01: – | 0.001: 0.0031, 0.01: – |' in text
   assert ('| sgd | 0.001: +2.9 [+0.4, +5.5], 0.01: n/a | 0.001: +2.9 [+0.4, '
           '+5.5], 0.01: n/a |') in text, text
   assert ('| sgd | mid 0.96 (100% within 20%); last n/a | mid 0.96 (100% '

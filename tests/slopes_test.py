@@ -1,5 +1,6 @@
 """The separability slope's estimators on synthetic grids of known slope."""
 
+import json
 import math
 
 import numpy as np
@@ -80,8 +81,8 @@ def test_the_total_shrink_at_the_vertex_interpolates_between_cells():
   row = [dict(r, shrink_total=40.0 * r['l2_weight']) for r in rows
          if r['lr'] == 0.01]
   weight = slopes.vertex(slopes.mean_accuracy(row, (0, 1, 2)))
-  assert separability.shrink_at(row, weight) == pytest.approx(40 * weight)
-  assert math.isnan(separability.shrink_at(row, None))
+  assert separability.value_at(row, weight) == pytest.approx(40 * weight)
+  assert math.isnan(separability.value_at(row, None))
 
 
 def test_a_peak_is_measured_on_seeds_that_did_not_choose_it():
@@ -109,3 +110,29 @@ def test_a_peak_is_measured_on_seeds_that_did_not_choose_it():
     ('adam', 0.5, 'between')])
 def test_the_mechanism_slope_by_method_and_share(method, share, want):
   assert separability.expected(method, share) == want
+
+
+def test_rotation_columns_read_a_cells_metrics(tmp_path):
+  """Two epochs of 10 steps, two scale-invariant groups and a classifier:
+  the columns by hand (medians over the invariant groups, Σ over steps)."""
+  epochs = [(0.02, 0.04, 0.01, 1e-3), (0.01, 0.03, 0.02, 5e-4)]
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    for i, (a, b, equilibrium, shrink) in enumerate(epochs, 1):
+      f.write(json.dumps({
+          'epoch': i, 'step': 10 * i,
+          'angular_update/Conv_0': a, 'angular_update/Conv_1': b,
+          'angular_update/Dense_0': 0.5,
+          **{f'angular_update_equilibrium/{g}': equilibrium
+             for g in ('Conv_0', 'Conv_1', 'Dense_0')},
+          **{f'shrink/{g}': shrink for g in ('Conv_0', 'Conv_1', 'Dense_0')},
+          'scale_invariant/Conv_0': True, 'scale_invariant/Conv_1': True,
+          'scale_invariant/Dense_0': False}) + '\n')
+  got = separability.rotation_columns(str(tmp_path))
+  assert got['angle_mean'] == pytest.approx((0.03 + 0.02) / 2)
+  assert got['shrink_total'] == pytest.approx(10 * 1e-3 + 10 * 5e-4)
+  assert got['angle_last'] == pytest.approx(0.02)
+  assert got['angle_equilibrium_last'] == pytest.approx(0.02)
+  assert got['angle_ratio_last'] == pytest.approx(1.0)
+  assert got['angle_ratio_mid'] == pytest.approx(3.0)  # Epoch 1: 0.03/0.01.
+  assert all(math.isnan(v) for v in
+             separability.rotation_columns(str(tmp_path / 'none')).values())
