@@ -60,7 +60,7 @@ def angle_ratios(records: list) -> list:
                    for g in groups]) for r in records]
 
 
-ROTATION = ('shrink_total', 'angle_mean', 'angle_last',
+ROTATION = ('shrink_total', 'angle_mean', 'decay_share', 'angle_last',
             'angle_equilibrium_last', 'angle_ratio_last', 'angle_ratio_mid')
 
 
@@ -68,7 +68,8 @@ def rotation_columns(workdir: str) -> dict:
   """From a cell's metrics.jsonl: the total shrink Σ_t s_t (median over the
   decayed kernel groups), and in the scale-invariant groups the mean Δθ
   over the run (the rotation the weights made: under batch norm, the
-  effective learning rate), the last epoch's Δθ, Δθ* and their ratio, and
+  effective learning rate), under coupled Adam the mean decay share of its
+  denominator over the run, the last epoch's Δθ, Δθ* and their ratio, and
   the ratio at mid-training (medians over the groups); nan where there is
   nothing to measure."""
   records = outputs.read_metrics(workdir) if workdir else []
@@ -84,9 +85,8 @@ def rotation_columns(workdir: str) -> dict:
   return {
       'shrink_total': _median([t for t in totals if t > 0]) if any(totals)
                       else 0.0,
-      'angle_mean': float(np.mean([_median(
-          [r.get(f'angular_update/{g}') for g in invariant])
-                                   for r in records])),
+      'angle_mean': _over_run(records, 'angular_update', invariant),
+      'decay_share': _over_run(records, 'decay_share', invariant),
       'angle_last': _median([last.get(f'angular_update/{g}')
                              for g in invariant]),
       'angle_equilibrium_last': _median(
@@ -94,6 +94,13 @@ def rotation_columns(workdir: str) -> dict:
       'angle_ratio_last': ratios[-1],
       'angle_ratio_mid': ratios[(len(records) - 1) // 2],
   }
+
+
+def _over_run(records: list, name: str, groups: list) -> float:
+  """The mean over the epochs of the median of `name/<group>` over
+  `groups`; nan where the records lack it."""
+  return float(np.mean([_median([r.get(f'{name}/{g}') for g in groups])
+                        for r in records]))
 
 
 def _div(a, b) -> float:
@@ -196,11 +203,13 @@ def method_analysis(rows: list, preset) -> dict:
   seeds = list(preset.seeds)
   decayed = [r for r in rows if r['l2_weight'] > 0]
   vertex = slopes.best_by_lr(decayed, seeds, slopes.vertex)
-  rows_at_edge, shrink_at_vertex, angle_at_vertex = {}, {}, {}
+  rows_at_edge, shrink_at_vertex, angle_at_vertex, share_at_vertex = (
+      {}, {}, {}, {})
   for (_, lr), cells in by_row(decayed).items():
     rows_at_edge[lr] = slopes.at_edge(slopes.mean_accuracy(cells, seeds))
     shrink_at_vertex[lr] = value_at(cells, vertex[lr])
     angle_at_vertex[lr] = value_at(cells, vertex[lr], 'angle_mean')
+    share_at_vertex[lr] = value_at(cells, vertex[lr], 'decay_share')
   converged = [r for r in decayed if r['shrink_total'] >= 5]
   return {
       'peak': {lr: peak_height(cells) for (_, lr), cells in
@@ -212,6 +221,7 @@ def method_analysis(rows: list, preset) -> dict:
       'at_edge': rows_at_edge,
       'shrink_at_vertex': shrink_at_vertex,
       'angle_at_vertex': angle_at_vertex,
+      'decay_share_at_vertex': share_at_vertex,
       'gain': gain(rows),
       'angle_ratio_last': _quantiles([r['angle_ratio_last']
                                       for r in converged]),
@@ -339,20 +349,23 @@ def report(rows: list, analysis: dict, preset, seconds: float,
             'Σ_t s_t: the total shrink the decay gave the weights; mean Δθ: '
             'the mean angular update of the scale-invariant kernel groups '
             'over the run (the rotation that sets their effective learning '
-            'rate); both at each row\'s vertex λ̂ (interpolated between its '
-            'cells; – where the row has no vertex). Δθ/Δθ*: the measured '
+            'rate); under coupled Adam, the decay\'s share λ|w|/√v̂ of its '
+            'denominator, mean over the run (toward 1 the decay drowns the '
+            'gradient); each at each row\'s vertex λ̂ (interpolated between '
+            'its cells; – where the row has no vertex). Δθ/Δθ*: the measured '
             'angular update over the predicted equilibrium '
             '(l2jax/equilibrium.py), in cells with Σ_t s_t ≥ 5: at the last '
             'epoch and at mid-training (10th, 50th, 90th percentile; share '
             'within 20%).', '',
-            '| method | Σ s_t at the vertex λ̂, by lr | mean Δθ there | cells '
-            '| Δθ/Δθ* last epoch | within 20% | Δθ/Δθ* mid-training | '
-            'within 20% |',
-            '|---|---|---|---|---|---|---|---|']
+            '| method | Σ s_t at the vertex λ̂, by lr | mean Δθ there | decay '
+            'share there | cells | Δθ/Δθ* last epoch | within 20% | Δθ/Δθ* '
+            'mid-training | within 20% |',
+            '|---|---|---|---|---|---|---|---|---|']
   for method in preset.methods:
     a = analysis[method]
     lines.append(f'| {method} | {_by_lr(a["shrink_at_vertex"], ".2g")} | '
-                 f'{_by_lr(a.get("angle_at_vertex", {}), ".2g")} | '
+                 f'{_by_lr(a["angle_at_vertex"], ".2g")} | '
+                 f'{_by_lr(a["decay_share_at_vertex"], ".2g")} | '
                  f'{a["cells_converged"]} | '
                  f'{_spread(a["angle_ratio_last"])} | '
                  f'{_share(a["angle_ratio_last"])} | '

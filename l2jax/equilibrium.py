@@ -150,6 +150,7 @@ class Equilibrium:
 
   shrink: step -> the shrink s_t of a decayed weight (for Adam's coupled
   decay, before the division by √v̂ + ε, which `per_coordinate` asks for).
+  weight: λ, for the decay's share of Adam's denominator (`per_coordinate`).
   """
   filter: Filter
   shrink: Callable[[jax.Array], jax.Array]
@@ -157,6 +158,25 @@ class Equilibrium:
   per_coordinate: bool = False
   eps: float = 1e-8
   b2: float = 0.999
+  weight: float = 0.0
+
+  def _weighted(self, params, per_coordinate) -> dict:
+    """{group: the ‖w‖²-weighted mean of `per_coordinate` (a tree like
+    params) over its kernels}; nan for a group whose kernels are all 0."""
+    values = _with_paths(per_coordinate)
+    result = {}
+    for group, kernels in group_kernels(params).items():
+      squares = {p: jnp.square(w) for p, w in kernels.items()}
+      result[group] = sum(jnp.sum(values[p] * w2) for p, w2 in squares.items()
+                          ) / sum(jnp.sum(w2) for w2 in squares.values())
+    return result
+
+  def _inverse_denominator(self, opt_state):
+    """1/(√v̂ + ε) of each coordinate, from the chain's Adam state."""
+    nu, count = _adam_nu(opt_state)
+    correction = 1 - self.b2 ** count.astype(jnp.float32)
+    return jax.tree.map(lambda v: 1 / (jnp.sqrt(v / correction) + self.eps),
+                        nu)
 
   def group_shrink(self, step, params, opt_state) -> dict:
     """{group: s_t}, the ‖w‖²-weighted mean of its kernels' shrinks; nan
@@ -164,25 +184,34 @@ class Equilibrium:
     s = self.shrink(step)
     scale = jax.tree.map(lambda m: s * m, self.mask)
     if self.per_coordinate:
-      nu, count = _adam_nu(opt_state)
-      correction = 1 - self.b2 ** count.astype(jnp.float32)
-      scale = jax.tree.map(
-          lambda c, v: c / (jnp.sqrt(v / correction) + self.eps), scale, nu)
-    scale = _with_paths(scale)
-    result = {}
-    for group, kernels in group_kernels(params).items():
-      squares = {p: jnp.square(w) for p, w in kernels.items()}
-      result[group] = sum(jnp.sum(scale[p] * w2) for p, w2 in squares.items()
-                          ) / sum(jnp.sum(w2) for w2 in squares.values())
-    return result
+      scale = jax.tree.map(jnp.multiply, scale,
+                           self._inverse_denominator(opt_state))
+    return self._weighted(params, scale)
+
+  def decay_share(self, params, opt_state) -> dict:
+    """Coupled Adam: {group: the ‖w‖²-weighted mean of λ|w_i|/(√v̂_i + ε)},
+    how much of Adam's denominator the decay makes up (v̂ is the EMA of
+    (g + λw)²). Near 0 the data gradient sets √v̂ and each coordinate's
+    shrink is α λ/√v̂; toward 1 the decay drowns the gradient in the
+    denominator: every decayed coordinate steps by about α toward 0 and its
+    gradient's share of the step shrinks (it can pass 1 where g opposes
+    λw)."""
+    share = jax.tree.map(
+        lambda m, w, d: self.weight * m * jnp.abs(w) * d, self.mask, params,
+        self._inverse_denominator(opt_state))
+    return self._weighted(params, share)
 
   def measures(self, step, old_params, new_params, opt_state) -> dict:
     """Per kernel group: the step's Δθ (`angular_update/<group>`), the
-    shrink s_t (`shrink/<group>`) and Δθ*(s_t)
-    (`angular_update_equilibrium/<group>`)."""
+    shrink s_t (`shrink/<group>`), Δθ*(s_t)
+    (`angular_update_equilibrium/<group>`) and, under coupled Adam, the
+    decay's share of the denominator (`decay_share/<group>`)."""
     old, new = group_kernels(old_params), group_kernels(new_params)
     shrink = self.group_shrink(step, old_params, opt_state)
     result = {}
+    if self.per_coordinate:
+      result = {f'decay_share/{group}': share for group, share in
+                self.decay_share(old_params, opt_state).items()}
     for group in old:
       result[f'angular_update/{group}'] = angular_update(old[group],
                                                          new[group])

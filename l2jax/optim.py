@@ -256,4 +256,4 @@ def make_equilibrium(config, penalties: regularization.Penalties,
       mask=penalties.l2_mask,
       per_coordinate=(config.optimizer == 'adam'
                       and config.l2.mode in ('coupled', 'loss')),
-      eps=config.adam.eps, b2=config.adam.b2)
+      eps=config.adam.eps, b2=config.adam.b2, weight=penalties.l2_weight)

@@ -1,6 +1,8 @@
 """The angular update against NumPy, the equilibrium Δθ* against a trained
 scale-invariant toy, and which kernel groups the models make invariant."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +141,24 @@ def test_the_models_kernels_before_batch_norm_are_the_invariant_ones(
                if path[0].key in invariant and path[-1].key == 'kernel')
   assert equilibrium.invariant_share(variables['params'], every, got) == (
       pytest.approx(inside / sum(np.size(w) for _, w in leaves)))
+
+
+def test_the_decay_share_of_adams_denominator_by_hand():
+  """λ|w_i|/(√v̂_i + ε), weighted by w_i² over the group, from a hand-made
+  Adam state (v̂ = v/(1 − b2^count)); recorded only under coupled Adam."""
+  w = np.array([[0.5, -2.0], [1.0, 0.0]], np.float32)
+  v = np.array([[1e-4, 4e-4], [2.5e-5, 1e-6]], np.float32)
+  params = {'Conv_0': {'kernel': jnp.asarray(w)}}
+  state = (optax.ScaleByAdamState(
+      count=jnp.asarray(3), mu={'Conv_0': {'kernel': jnp.zeros((2, 2))}},
+      nu={'Conv_0': {'kernel': jnp.asarray(v)}}),)
+  rotation = equilibrium.Equilibrium(
+      equilibrium.Filter(0.0, 1.0, 0.9), lambda step: 1e-5,
+      {'Conv_0': {'kernel': True}}, per_coordinate=True, weight=0.01)
+  v_hat = v.astype(np.float64) / (1 - 0.999 ** 3)
+  share = 0.01 * np.abs(w) / (np.sqrt(v_hat) + 1e-8)
+  want = (share * w ** 2).sum() / (w ** 2).sum()
+  measures = rotation.measures(0, params, params, state)
+  assert float(measures['decay_share/Conv_0']) == pytest.approx(want, rel=1e-5)
+  plain = dataclasses.replace(rotation, per_coordinate=False)
+  assert 'decay_share/Conv_0' not in plain.measures(0, params, params, state)

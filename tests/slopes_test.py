@@ -115,13 +115,16 @@ def test_the_mechanism_slope_by_method_and_share(method, share, want):
 def test_rotation_columns_read_a_cells_metrics(tmp_path):
   """Two epochs of 10 steps, two scale-invariant groups and a classifier:
   the columns by hand (medians over the invariant groups, Σ over steps)."""
-  epochs = [(0.02, 0.04, 0.01, 1e-3), (0.01, 0.03, 0.02, 5e-4)]
+  epochs = [(0.02, 0.04, 0.01, 1e-3, 0.2, 0.4), (0.01, 0.03, 0.02, 5e-4, 0.1,
+                                                 0.3)]
   with open(tmp_path / 'metrics.jsonl', 'w') as f:
-    for i, (a, b, equilibrium, shrink) in enumerate(epochs, 1):
+    for i, (a, b, equilibrium, shrink, share_a, share_b) in enumerate(epochs,
+                                                                     1):
       f.write(json.dumps({
           'epoch': i, 'step': 10 * i,
           'angular_update/Conv_0': a, 'angular_update/Conv_1': b,
-          'angular_update/Dense_0': 0.5,
+          'angular_update/Dense_0': 0.5, 'decay_share/Conv_0': share_a,
+          'decay_share/Conv_1': share_b, 'decay_share/Dense_0': 0.9,
           **{f'angular_update_equilibrium/{g}': equilibrium
              for g in ('Conv_0', 'Conv_1', 'Dense_0')},
           **{f'shrink/{g}': shrink for g in ('Conv_0', 'Conv_1', 'Dense_0')},
@@ -129,6 +132,7 @@ def test_rotation_columns_read_a_cells_metrics(tmp_path):
           'scale_invariant/Dense_0': False}) + '\n')
   got = separability.rotation_columns(str(tmp_path))
   assert got['angle_mean'] == pytest.approx((0.03 + 0.02) / 2)
+  assert got['decay_share'] == pytest.approx((0.3 + 0.2) / 2)
   assert got['shrink_total'] == pytest.approx(10 * 1e-3 + 10 * 5e-4)
   assert got['angle_last'] == pytest.approx(0.02)
   assert got['angle_equilibrium_last'] == pytest.approx(0.02)
