@@ -47,8 +47,12 @@ s = α λ ‖w‖ √C / G; putting that into the balance above gives
 
 p = 2: coupled Adam's best λ moves as α^−2, not α^−1 (with Kosson et al.'s
 Adam+L2 equilibrium; the per-coordinate s above is what a run records).
-Once λ ‖w‖ outgrows G/‖w‖ the decay dominates v̂ and ‖w‖ falls to about
-α √C: a regime no useful λ reaches. A trained toy checks every p
+As λ ‖w‖ grows against G/‖w‖ the decay takes over v̂: its share of the
+denominator (`Equilibrium.decay_share`) rises toward 1, every coordinate
+steps by about α toward 0 and the gradient's part of the step shrinks. That
+caps the rotation a small α can reach: in `cpu_bn_adam_convs` the optimum
+follows α^−2 at lr 1e-3 and 3e-3 (share ≤ 0.11 at λ̂) but at lr 1e-4 sits
+where the share is 0.42, far below α^−2's λ. A trained toy checks every p
 (tests/equilibrium_test.py).
 """
 

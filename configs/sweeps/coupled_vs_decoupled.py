@@ -43,6 +43,7 @@ grew to 231 cells in 79.5 min of wall time (run again from scratch with the
 current code: cpu_bn_rerun/; its committed results took about 5.1 h with
 older code); `cpu` grew to 234 cells, 235 min summed, about 2 h of wall time;
 `cpu_mixed` grew to 309 cells, 298 min summed, about 2.6 h of wall time.
+The variants: 8 to 24 min each (`config.runtime`).
 """
 
 import ml_collections
@@ -155,7 +156,10 @@ def get_config(preset: str = 'smoke'):
       'cpu_bn_half': '8 min wall two at a time on 2 cores (30 cells)',
       'cpu_bn_double': '22 min wall two at a time on 2 cores '
                        '(36 cells after widening)',
-      'cpu_bn_constant': 'not yet measured',
-      'cpu_bn_adam_head': 'not yet measured',
-      'cpu_bn_adam_convs': 'not yet measured'}[preset]
+      'cpu_bn_constant': '21 min wall two at a time on 2 cores '
+                         '(66 cells after widening)',
+      'cpu_bn_adam_head': '21 min wall two at a time on 2 cores '
+                          '(63 cells after widening)',
+      'cpu_bn_adam_convs': '24 min wall two at a time on 2 cores '
+                           '(75 cells after widening)'}[preset]
   return config
