@@ -9,7 +9,8 @@ Each cell (method, lr, λ, seed) is one run of `benchmarks.sweep` in its own
 workdir under `--out/cells/`; λ = 0 cells are shared by the two methods of
 an optimizer. Each lr row of each method is widened, a ×√10 step at a time,
 until its best λ (validation accuracy averaged over the seeds) has a
-neighbour on both sides, up to `widen_rounds` rounds (presets:
+neighbour on both sides and the vertex fitted to it lies inside the row,
+up to `widen_rounds` rounds (presets:
 configs/sweeps/coupled_vs_decoupled.py). Writes to `--out`:
 
 - `results.csv`: one row per cell, from the cells' files: accuracies, the
@@ -96,13 +97,14 @@ def first_grid(preset) -> list:
 
 
 def widen(rows: list, preset) -> list:
-  """The cells one more ×√10 step beyond each row whose best λ > 0 lies at
-  an end of its grid; none below `min_shrink_total` (the decay is too weak
-  to matter there) or above a row whose top cells all failed."""
+  """The cells one more ×√10 step beyond each row whose best λ > 0, or the
+  vertex fitted to it, lies at an end of its grid (`slopes.open_side`);
+  none below `min_shrink_total` (the decay is too weak to matter there) or
+  above a row whose top cells all failed."""
   new = []
   for (method, lr), row_cells in separability.by_row(rows).items():
     accuracy = slopes.mean_accuracy(row_cells, preset.seeds)
-    edge = slopes.at_edge(accuracy)
+    edge = slopes.open_side(accuracy)
     weights = sorted(accuracy)
     if edge == 'low':
       shrink = [r['shrink_total'] for r in row_cells

@@ -57,11 +57,6 @@ def _ratio(q: dict) -> str:
   return f'{q["median"]:.2f} ({100 * q["within_20pct"]:.0f}% within 20%)'
 
 
-def _by_lr(by_lr: dict, text=lambda t: f'{t:.2f}') -> str:
-  return ', '.join(f'{float(lr):g}: {text(t)}' if t is not None else
-                   f'{float(lr):g}: –' for lr, t in by_lr.items())
-
-
 def _section(title: str, regimes: list, text) -> list:
   """A table: one row per method, one column per regime, `text` of each
   method's analysis."""
@@ -99,17 +94,21 @@ def report(regimes: list) -> str:
   lines += _section('Test accuracy gain of the best cell over λ = 0 (points)',
                     regimes, lambda a: _gain(a['gain']))
   lines += _section('Each row\'s vertex λ̂, by lr', regimes,
-                    lambda a: _by_lr(a['vertex'], lambda v: f'{v:.3g}'))
+                    lambda a: separability.by_lr_text(a['vertex'], '.3g'))
   lines += _section(
       'Each row\'s peak: validation points its best λ adds over λ = 0, '
       'chosen on the other seeds, by lr', regimes,
-      lambda a: _by_lr(a['peak'], separability.peak_text))
+      lambda a: ', '.join(f'{float(lr):g}: {separability.peak_text(p)}'
+                          for lr, p in a['peak'].items()))
   lines += _section('Total shrink Σ_t s_t at each row\'s vertex λ̂, by lr',
-                    regimes, lambda a: _by_lr(a['shrink_at_vertex']))
+                    regimes,
+                    lambda a: separability.by_lr_text(a['shrink_at_vertex'],
+                                                      '.2f'))
   lines += _section(
       'Mean Δθ of the scale-invariant kernels at each row\'s vertex λ̂, by '
       'lr (– where the cells\' metrics were not kept)', regimes,
-      lambda a: _by_lr(a.get('angle_at_vertex', {}), lambda v: f'{v:.2g}'))
+      lambda a: separability.by_lr_text(
+          a.get('angle_at_vertex', dict.fromkeys(a['vertex']))))
   lines += _section(
       'Measured Δθ over the equilibrium Δθ* (scale-invariant groups, cells '
       'with Σ_t s_t ≥ 5), mid-training and last epoch', regimes,

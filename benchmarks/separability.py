@@ -69,7 +69,8 @@ def rotation_columns(workdir: str) -> dict:
   decayed kernel groups), and in the scale-invariant groups the mean Δθ
   over the run (the rotation the weights made: under batch norm, the
   effective learning rate), under coupled Adam the mean decay share of its
-  denominator over the run, the last epoch's Δθ, Δθ* and their ratio, and
+  denominator over the run (decayed scale-invariant groups only), the last
+  epoch's Δθ, Δθ* and their ratio, and
   the ratio at mid-training (medians over the groups); nan where there is
   nothing to measure."""
   records = outputs.read_metrics(workdir) if workdir else []
@@ -81,12 +82,14 @@ def rotation_columns(workdir: str) -> dict:
   totals = [sum((r.get(f'shrink/{g}') or 0.0) * n
                 for r, n in zip(records, steps)) for g in groups]
   invariant = _invariant_groups(last)
+  decayed = [g for g, t in zip(groups, totals) if t > 0]
   ratios = angle_ratios(records)
   return {
       'shrink_total': _median([t for t in totals if t > 0]) if any(totals)
                       else 0.0,
       'angle_mean': _over_run(records, 'angular_update', invariant),
-      'decay_share': _over_run(records, 'decay_share', invariant),
+      'decay_share': _over_run(records, 'decay_share',
+                               [g for g in invariant if g in decayed]),
       'angle_last': _median([last.get(f'angular_update/{g}')
                              for g in invariant]),
       'angle_equilibrium_last': _median(
@@ -154,10 +157,10 @@ def gain(rows: list, draws: int = 2000, seed: int = 0) -> dict:
 
 
 def value_at(rows: list, weight, key: str = 'shrink_total') -> float:
-  """A positive column (Σ_t s_t, mean Δθ) at λ = `weight` in one lr row:
-  the median over seeds at each λ, interpolated linearly in its log against
-  log λ (Σ ∝ λ but for coupled Adam's √v̂); nan without a weight or a
-  positive value (a results.csv older than the column has none)."""
+  """A positive column (Σ_t s_t, mean Δθ, decay share) at λ = `weight` in
+  one lr row: the median over seeds at each λ, interpolated linearly in its
+  log against log λ; nan without a weight or a positive value (a
+  results.csv older than the column has none)."""
   totals = {}
   for r in rows:
     if r['l2_weight'] > 0 and r.get(key, math.nan) > 0:
@@ -198,8 +201,10 @@ def peak_height(rows: list) -> dict:
 def method_analysis(rows: list, preset) -> dict:
   """One method's rows: per-row argmax and vertex, both slopes with 95%
   intervals, the rows still at an edge, each row's peak over its λ = 0
-  cell, the gain over λ = 0, the total shrink Σ_t s_t at each row's vertex
-  λ̂, and the Δθ ratios of its cells."""
+  cell, the gain over λ = 0, at each row's vertex the total shrink Σ_t s_t,
+  the mean Δθ and (coupled Adam) the decay's share of the denominator
+  (`shrink_at_vertex`, `angle_at_vertex`, `decay_share_at_vertex`), and
+  the Δθ ratios of its cells."""
   seeds = list(preset.seeds)
   decayed = [r for r in rows if r['l2_weight'] > 0]
   vertex = slopes.best_by_lr(decayed, seeds, slopes.vertex)
@@ -363,9 +368,9 @@ def report(rows: list, analysis: dict, preset, seconds: float,
             '|---|---|---|---|---|---|---|---|---|']
   for method in preset.methods:
     a = analysis[method]
-    lines.append(f'| {method} | {_by_lr(a["shrink_at_vertex"], ".2g")} | '
-                 f'{_by_lr(a["angle_at_vertex"], ".2g")} | '
-                 f'{_by_lr(a["decay_share_at_vertex"], ".2g")} | '
+    lines.append(f'| {method} | {by_lr_text(a["shrink_at_vertex"])} | '
+                 f'{by_lr_text(a["angle_at_vertex"])} | '
+                 f'{by_lr_text(a["decay_share_at_vertex"])} | '
                  f'{a["cells_converged"]} | '
                  f'{_spread(a["angle_ratio_last"])} | '
                  f'{_share(a["angle_ratio_last"])} | '
@@ -378,9 +383,12 @@ def report(rows: list, analysis: dict, preset, seconds: float,
   return '\n'.join(lines) + '\n'
 
 
-def _by_lr(values: dict, spec: str) -> str:
-  return ', '.join(f'{lr:g}: {v:{spec}}' if math.isfinite(v) else
-                   f'{lr:g}: –' for lr, v in values.items())
+def by_lr_text(values: dict, spec: str = '.2g') -> str:
+  """'0.001: 0.95, 0.01: –' of {lr: value} (lr a number or its text, as
+  analysis.json holds it); – for None or nan."""
+  return ', '.join(
+      f'{float(lr):g}: {v:{spec}}' if v is not None and math.isfinite(v)
+      else f'{float(lr):g}: –' for lr, v in values.items())
 
 
 def _flat(peaks: dict) -> str:

@@ -46,6 +46,21 @@ def at_edge(accuracy: dict) -> Optional[str]:
   return {weights[0]: 'low', weights[-1]: 'high'}.get(best)
 
 
+def open_side(accuracy: dict) -> Optional[str]:
+  """'low' or 'high' where the row needs a λ beyond its end: its argmax is
+  there (`at_edge`), or its vertex is clipped to that end (the parabola
+  still rises past the last cell)."""
+  edge = at_edge(accuracy)
+  best, weights = vertex(accuracy), sorted(accuracy)
+  if edge or best is None:
+    return edge
+  if math.isclose(best, weights[-1]):
+    return 'high'
+  if math.isclose(best, weights[0]):
+    return 'low'
+  return None
+
+
 def vertex(accuracy: dict, reach: int = 2) -> Optional[float]:
   """λ̂ of the parabola through the argmax and its neighbours (module
   docstring); None at an edge, for a convex fit, or too few finite points."""

@@ -148,17 +148,28 @@ def test_the_decay_share_of_adams_denominator_by_hand():
   Adam state (v̂ = v/(1 − b2^count)); recorded only under coupled Adam."""
   w = np.array([[0.5, -2.0], [1.0, 0.0]], np.float32)
   v = np.array([[1e-4, 4e-4], [2.5e-5, 1e-6]], np.float32)
-  params = {'Conv_0': {'kernel': jnp.asarray(w)}}
+  params = {'Conv_0': {'kernel': jnp.asarray(w)},
+            'Dense_0': {'kernel': jnp.asarray(w)}}
   state = (optax.ScaleByAdamState(
-      count=jnp.asarray(3), mu={'Conv_0': {'kernel': jnp.zeros((2, 2))}},
-      nu={'Conv_0': {'kernel': jnp.asarray(v)}}),)
-  rotation = equilibrium.Equilibrium(
-      equilibrium.Filter(0.0, 1.0, 0.9), lambda step: 1e-5,
-      {'Conv_0': {'kernel': True}}, per_coordinate=True, weight=0.01)
+      count=jnp.asarray(3), mu=jax.tree.map(jnp.zeros_like, params),
+      nu=jax.tree.map(lambda _: jnp.asarray(v), params)),)
+  mask = {'Conv_0': {'kernel': True}, 'Dense_0': {'kernel': False}}
+
+  @jax.jit
+  def measures(weight):  # λ traced, as in the training step.
+    rotation = equilibrium.Equilibrium(
+        equilibrium.Filter(0.0, 1.0, 0.9), lambda step: 1e-5 * weight, mask,
+        per_coordinate=True, weight=weight)
+    return rotation.measures(0, params, params, state)
+
   v_hat = v.astype(np.float64) / (1 - 0.999 ** 3)
   share = 0.01 * np.abs(w) / (np.sqrt(v_hat) + 1e-8)
   want = (share * w ** 2).sum() / (w ** 2).sum()
-  measures = rotation.measures(0, params, params, state)
-  assert float(measures['decay_share/Conv_0']) == pytest.approx(want, rel=1e-5)
+  got = measures(0.01)
+  assert float(got['decay_share/Conv_0']) == pytest.approx(want, rel=1e-4)
+  assert float(got['decay_share/Dense_0']) == 0.0  # Outside L2's mask.
+  rotation = equilibrium.Equilibrium(
+      equilibrium.Filter(0.0, 1.0, 0.9), lambda step: 1e-7, mask,
+      per_coordinate=True, weight=0.01)
   plain = dataclasses.replace(rotation, per_coordinate=False)
   assert 'decay_share/Conv_0' not in plain.measures(0, params, params, state)

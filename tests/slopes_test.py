@@ -83,6 +83,8 @@ def test_the_total_shrink_at_the_vertex_interpolates_between_cells():
   weight = slopes.vertex(slopes.mean_accuracy(row, (0, 1, 2)))
   assert separability.value_at(row, weight) == pytest.approx(40 * weight)
   assert math.isnan(separability.value_at(row, None))
+  # A results.csv from before a column: nan, not an error.
+  assert math.isnan(separability.value_at(row, weight, 'angle_mean'))
 
 
 def test_a_peak_is_measured_on_seeds_that_did_not_choose_it():
