@@ -165,7 +165,8 @@ def get_config(preset: str = 'smoke'):
                          '(66 cells after widening)',
       'cpu_bn_adam_head': '21 min wall two at a time on 2 cores '
                           '(63 cells after widening)',
-      'cpu_bn_adam_convs': '24 min wall two at a time on 2 cores '
-                           '(75 cells after widening)',
-      'cpu_bn_adamw_convs': 'not yet measured'}[preset]
+      'cpu_bn_adam_convs': '25 min wall two at a time on 2 cores '
+                           '(78 cells after widening)',
+      'cpu_bn_adamw_convs': '22 min wall two at a time on 2 cores '
+                            '(78 cells after widening)'}[preset]
   return config
