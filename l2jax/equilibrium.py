@@ -50,10 +50,9 @@ Adam+L2 equilibrium; the per-coordinate s above is what a run records).
 As λ ‖w‖ grows against G/‖w‖ the decay takes over v̂: its share of the
 denominator (`Equilibrium.decay_share`) rises toward 1, every coordinate
 steps by about α toward 0 and the gradient's part of the step shrinks. That
-caps the rotation a small α can reach: in `cpu_bn_adam_convs` the optimum
-follows α^−2 at lr 1e-3 and 3e-3 (share ≤ 0.11 at λ̂) but at lr 1e-4 sits
-where the share is 0.42, far below α^−2's λ. A trained toy checks every p
-(tests/equilibrium_test.py).
+caps the rotation a small α can reach, below the α^−2 optimum
+(benchmarks/results/separability/adam_parts.md measures where). A trained
+toy checks every p (tests/equilibrium_test.py).
 """
 
 import dataclasses
