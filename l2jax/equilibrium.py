@@ -51,8 +51,8 @@ As λ ‖w‖ grows against G/‖w‖ the decay takes over v̂: its share of the
 denominator (`Equilibrium.decay_share`) rises toward 1, every coordinate
 steps by about α toward 0 and the gradient's part of the step shrinks. That
 caps the rotation a small α can reach, below the α^−2 optimum
-(benchmarks/results/separability/adam_parts.md measures where). A trained
-toy checks every p (tests/equilibrium_test.py).
+(benchmarks/results/separability/cpu_bn_adam_convs/ measures where). A
+trained toy checks every p (tests/equilibrium_test.py).
 """
 
 import dataclasses
