@@ -47,23 +47,33 @@ older code); `cpu` grew to 234 cells, 235 min summed, about 2 h of wall time;
 The variants: 8 to 24 min each (`config.runtime`).
 """
 
+from typing import NamedTuple
+
 import ml_collections
 
 from configs import cifar
 
 SGD_RATES = (0.003, 0.01)
 ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
-# `cpu_bn` changed in one respect: {preset: (methods, their learning rates,
-# train config values)}.
+
+
+class Variant(NamedTuple):
+  """`cpu_bn` changed in one respect."""
+  methods: tuple
+  rates: tuple  # Their learning rates.
+  train: dict  # Train config values, dotted keys.
+
+
+CONVS = r'Conv_\d+/kernel'
 VARIANTS = {
-    'cpu_bn_half': (('sgd',), SGD_RATES, {'num_epochs': 15}),
-    'cpu_bn_double': (('sgd',), SGD_RATES, {'num_epochs': 60}),
-    'cpu_bn_constant': (('sgd', 'sgdw'), SGD_RATES, {'schedule': 'constant'}),
-    'cpu_bn_adam_head': (('adam',), ADAM_RATES, {'l2.mask': 'Dense_0/kernel'}),
-    'cpu_bn_adam_convs': (('adam',), ADAM_RATES,
-                          {'l2.mask': r'Conv_\d+/kernel'}),
-    'cpu_bn_adamw_convs': (('adamw',), ADAM_RATES,
-                           {'l2.mask': r'Conv_\d+/kernel'}),
+    'cpu_bn_half': Variant(('sgd',), SGD_RATES, {'num_epochs': 15}),
+    'cpu_bn_double': Variant(('sgd',), SGD_RATES, {'num_epochs': 60}),
+    'cpu_bn_constant': Variant(('sgd', 'sgdw'), SGD_RATES,
+                               {'schedule': 'constant'}),
+    'cpu_bn_adam_head': Variant(('adam',), ADAM_RATES,
+                                {'l2.mask': 'Dense_0/kernel'}),
+    'cpu_bn_adam_convs': Variant(('adam',), ADAM_RATES, {'l2.mask': CONVS}),
+    'cpu_bn_adamw_convs': Variant(('adamw',), ADAM_RATES, {'l2.mask': CONVS}),
 }
 PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn', *VARIANTS)
 # The paper's pairs: (optimizer, config.l2.mode) of each method.
@@ -98,8 +108,8 @@ def get_config(preset: str = 'smoke'):
       'smoke': ('seed_cnn_narrow', False), 'cpu': ('seed_cnn_narrow', False),
       'cpu_mixed': ('seed_cnn_narrow', True), 'smoke_bn': ('allconv_bn', True),
       **dict.fromkeys(('cpu_bn', *VARIANTS), ('allconv_bn', True))}[preset]
-  methods, rates, values = VARIANTS.get(preset, (None, None, {}))
-  config.train = _train(model, batch_norm, smoke, values)
+  variant = VARIANTS.get(preset, Variant((), (), {}))
+  config.train = _train(model, batch_norm, smoke, variant.train)
   config.methods = tuple(METHODS)
   if smoke:
     # One pair each: between them, both optimizers and both regimes.
@@ -138,10 +148,10 @@ def get_config(preset: str = 'smoke'):
         'cpu_bn_adamw_convs': {'adamw': (1e-3, 0.0)},
     }[preset]
     config.points, config.seeds, config.widen_rounds = 4, (0, 1, 2), 4
-    if methods:
-      config.methods = methods
-      config.lr = {optimizer: rates for optimizer in
-                   {METHODS[m][0] for m in methods}}
+    if variant.methods:
+      config.methods = variant.methods
+      config.lr = {optimizer: variant.rates for optimizer in
+                   {METHODS[m][0] for m in variant.methods}}
   # --select=METHOD chooses λ at this lr, over the first grid's row there.
   config.select_lr = {o: config.lr[o][len(config.lr[o]) // 2]
                       for o in config.lr}
