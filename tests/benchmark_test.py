@@ -177,7 +177,8 @@ def test_first_grid_centres_each_row_on_the_guess(name):
 
 @pytest.mark.parametrize('name, part, share', [
     ('cpu_bn_adam_head', {'Dense_0'}, 0.0),
-    ('cpu_bn_adam_convs', {'Conv_0', 'Conv_1', 'Conv_2'}, 1.0)])
+    ('cpu_bn_adam_convs', {'Conv_0', 'Conv_1', 'Conv_2'}, 1.0),
+    ('cpu_bn_sgd_convs', {'Conv_0', 'Conv_1', 'Conv_2'}, 1.0)])
 def test_the_part_presets_decay_the_head_alone_or_the_convolutions_alone(
     name, part, share):
   train = presets.get_config(name).train

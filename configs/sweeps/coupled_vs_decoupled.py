@@ -37,6 +37,11 @@ The `cpu_bn_*` variants each change one thing of `cpu_bn` (`VARIANTS`):
   barely moves with α where the mechanism says α^−2; the split tells which
   part places it. `cpu_bn_adamw_convs`: AdamW with the convolutions' decay
   alone (its all-kernel rows show no optimum).
+- `cpu_bn_sgd_convs`: SGD and SGDW with the convolutions' decay alone, at
+  `cpu_bn`'s four rates: does the classifier's decay cost under SGD too,
+  and do the rows' peaks rise above their seeds' noise without it?
+  `cpu_bn_sgd_convs_double`: the same for 60 epochs, where the optimum's
+  Σ s reaches about 5 (at 30 epochs the faster rows' is 1.6 to 3).
 
 Measured runtime, two at a time (`--executor=local --parallel=2
 --pin=cores`) on a 2-core CPU (benchmarks/results/separability/): `cpu_bn`
@@ -54,6 +59,7 @@ import ml_collections
 from configs import cifar
 
 SGD_RATES = (0.003, 0.01)
+SGD_ALL = (0.001, *SGD_RATES, 0.03)  # cpu_bn's.
 ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 
 
@@ -74,6 +80,9 @@ VARIANTS = {
                                 {'l2.mask': 'Dense_0/kernel'}),
     'cpu_bn_adam_convs': Variant(('adam',), ADAM_RATES, {'l2.mask': CONVS}),
     'cpu_bn_adamw_convs': Variant(('adamw',), ADAM_RATES, {'l2.mask': CONVS}),
+    'cpu_bn_sgd_convs': Variant(('sgd', 'sgdw'), SGD_ALL, {'l2.mask': CONVS}),
+    'cpu_bn_sgd_convs_double': Variant(('sgd', 'sgdw'), SGD_ALL,
+                                       {'l2.mask': CONVS, 'num_epochs': 60}),
 }
 PRESETS = ('smoke', 'smoke_bn', 'cpu', 'cpu_mixed', 'cpu_bn', *VARIANTS)
 # The paper's pairs: (optimizer, config.l2.mode) of each method.
@@ -124,7 +133,7 @@ def get_config(preset: str = 'smoke'):
     # ≥ 4 learning rates spanning ≥ 30×; λ on a ×√10 lattice. Low rates
     # for batch norm networks, where the decay's effect on the effective
     # learning rate shows on both sides of the best λ.
-    config.lr = {'sgd': (0.001, *SGD_RATES, 0.03), 'adam': ADAM_RATES}
+    config.lr = {'sgd': SGD_ALL, 'adam': ADAM_RATES}
     # {method: (λ at the first lr, decades of λ a decade of lr)}: where each
     # row's first λs centre, from single-seed calibration runs and the
     # mechanism's slope; widening corrects them.
@@ -146,6 +155,10 @@ def get_config(preset: str = 'smoke'):
         'cpu_bn_adam_convs': {'adam': (0.1, -1.0)},
         # AdamW's all-kernel rows were flat over 3e-5 to 3e-3.
         'cpu_bn_adamw_convs': {'adamw': (1e-3, 0.0)},
+        # cpu_bn's centres: widening finds where the head's absence moves them.
+        'cpu_bn_sgd_convs': {'sgd': (0.2, -1.0), 'sgdw': (2e-3, 0.0)},
+        # Around cpu_bn_sgd_convs' λ̂ at lr 0.003 (0.2, 5e-3).
+        'cpu_bn_sgd_convs_double': {'sgd': (0.6, -1.0), 'sgdw': (5e-3, 0.0)},
     }[preset]
     config.points, config.seeds, config.widen_rounds = 4, (0, 1, 2), 4
     if variant.methods:
@@ -178,5 +191,9 @@ def get_config(preset: str = 'smoke'):
       'cpu_bn_adam_convs': '25 min wall two at a time on 2 cores '
                            '(78 cells after widening)',
       'cpu_bn_adamw_convs': '22 min wall two at a time on 2 cores '
-                            '(78 cells after widening)'}[preset]
+                            '(78 cells after widening)',
+      'cpu_bn_sgd_convs': '31 min wall two at a time on 2 cores '
+                          '(114 cells after widening)',
+      'cpu_bn_sgd_convs_double': '52 min wall two at a time on 2 cores '
+                                 '(108 cells)'}[preset]
   return config
