@@ -43,6 +43,7 @@ def get_config():
   config.nesterov = False
   config.adam = ml_collections.ConfigDict(dict(b1=0.9, b2=0.999, eps=1e-8))
   config.schedule = 'cosine'  # constant | cosine | step
+  config.lr_floor = 0.0  # For `cosine`: η_t falls from 1 to this.
   config.warmup_epochs = 0.0
   config.step_boundaries = (0.5, 0.75)  # Fractions of training, for `step`.
   config.step_decay = 0.1

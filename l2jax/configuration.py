@@ -20,7 +20,8 @@ KEYS = {
     '': ('dataset', 'data_dir', 'manual_dir', 'validation_fraction',
          'folds', 'fold', 'max_train_examples', 'augment', 'model', 'batch_norm', 'dropout',
          'layers', 'optimizer', 'learning_rate', 'momentum', 'nesterov',
-         'schedule', 'warmup_epochs', 'step_boundaries', 'step_decay',
+         'schedule', 'lr_floor', 'warmup_epochs', 'step_boundaries',
+         'step_decay',
          'batch_size', 'eval_batch_size', 'num_epochs', 'eval_every_epochs',
          'noise_sigmas', 'seed', 'checkpoint_every_steps',
          'checkpoints_to_keep', 'log_every_steps'),
@@ -161,6 +162,10 @@ def _schedule(config) -> None:
   _number(config, 'num_epochs', low=1, integer=True)
   _number(config, 'eval_every_epochs', low=1, integer=True)
   _number(config, 'warmup_epochs', low=0)
+  _number(config, 'lr_floor', low=0, high=1)
+  _require(not config.lr_floor or config.schedule == 'cosine',
+           f'config.lr_floor={config.lr_floor} has no effect with '
+           f'config.schedule={config.schedule}; it is for cosine')
   _require(config.warmup_epochs < config.num_epochs,
            f'config.warmup_epochs={config.warmup_epochs} must be shorter than '
            f'config.num_epochs={config.num_epochs}')

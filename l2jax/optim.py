@@ -29,7 +29,9 @@ DECOUPLED_MODES = ('decoupled', 'decoupled_lr')
 
 
 def lr_multiplier(config, steps_per_epoch: int) -> optax.Schedule:
-  """η_t: linear warmup from 0 to 1, then constant, cosine to 0, or steps.
+  """η_t: linear warmup from 0 to 1, then constant, cosine, or steps.
+
+  `cosine` falls from 1 to `config.lr_floor` (optax's `alpha`; 0 by default).
 
   `step` multiplies η by `config.step_decay` at each fraction of training in
   `config.step_boundaries`.
@@ -39,7 +41,8 @@ def lr_multiplier(config, steps_per_epoch: int) -> optax.Schedule:
   if config.schedule == 'constant':
     main = optax.constant_schedule(1.0)
   elif config.schedule == 'cosine':
-    main = optax.cosine_decay_schedule(1.0, decay_steps=max(total - warmup, 1))
+    main = optax.cosine_decay_schedule(
+        1.0, decay_steps=max(total - warmup, 1), alpha=config.lr_floor)
   else:
     main = optax.piecewise_constant_schedule(
         1.0, {int(b * total) - warmup: config.step_decay

@@ -83,6 +83,9 @@ def test_shipped_configs_and_masks_pass(get_config, model, mask):
      ['config.step_boundaries=(0.25, 0.75)', 'within the warmup']),
     (dict(optimizer='adam', nesterov=True),
      ['config.nesterov=True has no effect', 'config.optimizer=adam']),
+    (dict(lr_floor=1.5), ['config.lr_floor=1.5 must lie in [0, 1]']),
+    (dict(schedule='step', lr_floor=0.1),
+     ['config.lr_floor=0.1 has no effect', 'config.schedule=step']),
     (dict(dataset='folder:/data/x', data_dir='/tfds'),
      ["config.data_dir='/tfds' has no effect", 'folder:/data/x']),
     (dict(model='resnet'), ["config.model='resnet' is not one of allconv_bn, "

@@ -149,13 +149,19 @@ def test_biases_never_decay(optimizer, mode):
 def test_lr_multiplier_shapes():
   from ml_collections import ConfigDict
   config = ConfigDict(dict(num_epochs=10, warmup_epochs=1.0, schedule='cosine',
-                           step_boundaries=(0.5, 0.75), step_decay=0.1))
+                           lr_floor=0.0, step_boundaries=(0.5, 0.75),
+                           step_decay=0.1))
   cosine = optim.lr_multiplier(config, steps_per_epoch=10)
   assert float(cosine(0)) == 0.0
   assert float(cosine(5)) == pytest.approx(0.5)
   assert float(cosine(10)) == pytest.approx(1.0)
   # Halfway through the 90 cosine steps: ½ (1 + cos(π/2)) = ½.
   assert float(cosine(55)) == pytest.approx(0.5, abs=1e-6)
+  # With a floor f: f + (1 − f) ½ (1 + cos(π t / 90)) after the warmup.
+  config.lr_floor = 0.1
+  floored = optim.lr_multiplier(config, steps_per_epoch=10)
+  assert [float(floored(s)) for s in (10, 55, 100, 150)] == pytest.approx(
+      [1.0, 0.55, 0.1, 0.1], abs=1e-6)
   config.schedule, config.warmup_epochs = 'step', 0.0
   step = optim.lr_multiplier(config, steps_per_epoch=10)
   assert [float(step(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
