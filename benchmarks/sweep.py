@@ -116,13 +116,14 @@ def _jsonable(config) -> dict:
 def is_done(folder: str, config) -> bool:
   """Whether the cell finished (summary.json) or diverged; a failed or
   killed cell is not done. L2JaxError when it ran with another config: its
-  numbers would not be the sweep's."""
+  numbers would not be the sweep's (a key added since, at the value it ran
+  with, is not another config: `configuration.ADDED`)."""
   summary = read_json(folder, outputs.SUMMARY)
   record = read_json(folder, CELL) or {}
   if summary is None and record.get('status') != 'diverged':
     return False
   ran = summary['config'] if summary else record['config']
-  if ran != _jsonable(config):
+  if configuration.completed(ran) != _jsonable(config):
     raise L2JaxError(f'{folder} was run with another config; use another '
                      '--out, or delete it to run it again')
   return True

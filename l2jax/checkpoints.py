@@ -23,6 +23,7 @@ from flax.training import train_state
 import jax
 import orbax.checkpoint as ocp
 
+from l2jax import configuration
 from l2jax.errors import ConfigError, L2JaxError, WriteError
 
 # The folder of a checkpoint holding {params, opt_state, step, batch_stats}.
@@ -80,7 +81,8 @@ class Checkpointer:
         lambda: ocp.args.Composite(progress=ocp.args.JsonRestore()))
     if step is None:
       return None
-    saved, now = restored['progress']['config'], _jsonable(config.to_dict())
+    saved = configuration.completed(restored['progress']['config'])
+    now = _jsonable(config.to_dict())
     differences = [
         f'config.{key}: {saved_value!r} then, {now_value!r} now'
         for key, saved_value, now_value in _differences(saved, now)

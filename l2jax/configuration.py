@@ -31,8 +31,17 @@ KEYS = {
     'l2sp': ('weight', 'mode', 'mask', 'init_from'),
     'activity_l2': ('weight',),
 }
+# Keys added after runs were recorded, with the value that reproduces those
+# runs: a recorded config without one (a checkpoint's, a sweep cell's) ran
+# with this value, so resuming or reusing it stays allowed.
+ADDED = {'lr_floor': 0.0}
 # The step counter is int32 (flax's TrainState, optax's schedules).
 MAX_STEPS = 2**31 - 1
+
+
+def completed(recorded: dict) -> dict:
+  """A recorded config (a plain dict) with each key of `ADDED` it lacks."""
+  return {**{k: v for k, v in ADDED.items() if k not in recorded}, **recorded}
 
 
 def _show(value) -> str:

@@ -2,13 +2,18 @@
 way orbax reports it, with orbax's own writer replaced by one that fails.
 (A real full disk: resume_test.py, as root.)"""
 
+import copy
 import errno
 import types
 
+import jax
 import pytest
 
+from configs import cifar
 from l2jax import checkpoints
-from l2jax.errors import WriteError
+from l2jax import models
+from l2jax import train
+from l2jax.errors import ConfigError, WriteError
 
 NO_SPACE = OSError(errno.ENOSPC, 'No space left on device')
 # How TensorStore reports it from orbax's background thread.
@@ -96,3 +101,22 @@ def test_only_closed_event_loops_are_kept_quiet():
   hook(closed)
   hook(other)
   assert seen == [other]
+
+
+def test_a_checkpoint_from_before_a_key_was_added_resumes_at_its_value(
+    tmp_path):
+  """A checkpoint whose config lacks a key of `configuration.ADDED` ran
+  with that key's value: the same run at that value, another at any other."""
+  config = cifar.get_config()
+  config.model = 'seed_cnn_narrow'
+  state = train.initialize(config, models.create_model('seed_cnn_narrow', 4),
+                           (8, 8, 3), 2, jax.random.key(0))[0]
+  before = copy.deepcopy(config)
+  del before['lr_floor']
+  with checkpoints.Checkpointer(str(tmp_path), 1) as ckpt:
+    ckpt.save(3, state, before, {})
+  with checkpoints.Checkpointer(str(tmp_path), 1) as ckpt:
+    assert ckpt.check_config(config) == 3
+    config.lr_floor = 0.1
+    with pytest.raises(ConfigError, match=r'config\.lr_floor: 0\.0 then, 0\.1 now'):
+      ckpt.check_config(config)

@@ -3,6 +3,8 @@ through submitit's own mocked Slurm, and the cells' records."""
 
 import json
 
+import pytest
+
 from submitit.slurm import test_slurm
 
 from benchmarks import sweep
@@ -49,3 +51,18 @@ def test_a_cell_done_with_another_config_stops_the_sweep(tmp_path):
     assert 'was run with another config' in str(e)
   else:
     raise AssertionError('a done cell of another config was accepted')
+
+
+def test_a_cell_done_before_a_key_was_added_is_done_at_its_value(tmp_path):
+  """configuration.ADDED: a cell recorded without `lr_floor` ran with 0."""
+  base = cifar.get_config()
+  folder = tmp_path / 'c'
+  folder.mkdir()
+  recorded = base.to_dict()
+  del recorded['lr_floor']
+  (folder / 'summary.json').write_text(json.dumps(
+      {'config': recorded, 'final': {}}))
+  assert sweep.is_done(str(folder), base)
+  base.lr_floor = 0.1
+  with pytest.raises(sweep.L2JaxError, match='was run with another config'):
+    sweep.is_done(str(folder), base)
