@@ -18,23 +18,34 @@ class LayerSet(NamedTuple):
 
   conv: (features, strides=1, padding='SAME', use_bias=True) -> a 3x3
     convolution module, with nn.Conv's parameters.
-  norm: (train, axis_name) -> a batch norm module, nn.BatchNorm's with
-    momentum 0.9; in training its statistics are means over `axis_name`.
+  norm_relu: (train, axis_name) -> a module (x, residual=None) ->
+    relu(BatchNorm(x) [+ residual]): nn.BatchNorm's parameters and
+    statistics, momentum 0.9; in training its statistics are means over
+    `axis_name`.
   pool: x -> the maximum of each 2x2 window, stride 2.
-  norm_relu: x -> max(x, 0), jax.nn.relu's value and gradient: the ReLU
-    after a batch norm (and a residual sum).
   """
   name: str
   conv: Callable[..., nn.Module]
-  norm: Callable[[bool, Optional[str]], nn.Module]
+  norm_relu: Callable[[bool, Optional[str]], nn.Module]
   pool: Callable[[jax.Array], jax.Array]
-  norm_relu: Callable[[jax.Array], jax.Array]
 
 
-def _batch_norm(cls, train: bool, axis_name: Optional[str]) -> nn.Module:
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm, then `residual` added and a ReLU where `relu` says
+  (`FLAX`'s norm_relu). Named as nn.BatchNorm is, so its variables are."""
+  relu: bool = False
+
+  def __call__(self, x, residual=None):  # pylint: disable=arguments-differ
+    y = super().__call__(x)
+    if residual is not None:
+      y = y + residual
+    return nn.relu(y) if self.relu else y
+
+
+def _norm_relu(cls, train: bool, axis_name: Optional[str]) -> nn.Module:
   # Under pmap the statistics are means over every device's examples.
   return cls(use_running_average=not train, momentum=0.9,
-             axis_name=axis_name if train else None)
+             axis_name=axis_name if train else None, relu=True)
 
 
 def _flax_conv(features, strides=1, padding='SAME', use_bias=True):
@@ -49,15 +60,14 @@ def _cpu_tuned_conv(features, strides=1, padding='SAME', use_bias=True):
 
 # flax's own layers, XLA's direct convolutions.
 FLAX = LayerSet('flax', _flax_conv,
-                functools.partial(_batch_norm, nn.BatchNorm),
+                functools.partial(_norm_relu, BatchNorm),
                 functools.partial(nn.max_pool, window_shape=(2, 2),
-                                  strides=(2, 2)),
-                nn.relu)
+                                  strides=(2, 2)))
 # l2jax.cpu.layers, fast on XLA's CPU backend; its Winograd convolutions round
 # more (l2jax.cpu.winograd).
 CPU_TUNED = LayerSet('cpu_tuned', _cpu_tuned_conv,
-                     functools.partial(_batch_norm, cpu_layers.BatchNorm),
-                     cpu_layers.max_pool_2x2, cpu_layers.relu)
+                     functools.partial(_norm_relu, cpu_layers.BatchNorm),
+                     cpu_layers.max_pool_2x2)
 LAYER_SETS = {s.name: s for s in (CPU_TUNED, FLAX)}
 LAYER_CHOICES = ('auto', *LAYER_SETS)  # config.layers
 
@@ -85,8 +95,7 @@ def _conv_block(module, x, features: int, train: bool, batch_norm=True,
   """
   x = module.layers.conv(features, use_bias=not batch_norm, **conv_options)(x)
   if batch_norm:
-    return module.layers.norm_relu(
-        module.layers.norm(train, module.axis_name)(x))
+    return module.layers.norm_relu(train, module.axis_name)(x)
   return nn.relu(x)
 
 
@@ -185,12 +194,11 @@ class ResidualBlock(nn.Module):
     y = _conv_block(self, x, self.features, train, strides=self.strides,
                     padding=((1, 1), (1, 1)))
     y = self.layers.conv(self.features, use_bias=False)(y)
-    y = self.layers.norm(train, self.axis_name)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
       x = x[:, ::self.strides, ::self.strides]
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0),
                       (0, self.features - x.shape[-1])))
-    return self.layers.norm_relu(x + y)
+    return self.layers.norm_relu(train, self.axis_name)(y, residual=x)
 
 
 class ResNet(Classifier):

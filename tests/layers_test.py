@@ -272,35 +272,73 @@ def test_sum_to_channels_equals_a_float64_sum(shape):
                                atol=1e-6 * np.sqrt(x.size))
 
 
+class FlaxNormReLU(nn.Module):
+  """The reference: nn.BatchNorm, then + residual, then jax.nn.relu."""
+  relu: bool
+  kwargs: dict
+
+  @nn.compact
+  def __call__(self, x, residual=None):
+    y = nn.BatchNorm(name='BatchNorm_0', **self.kwargs)(x)
+    y = y if residual is None else y + residual
+    return jax.nn.relu(y) if self.relu else y
+
+
+class Wrapped(nn.Module):
+  """layers.BatchNorm in a parent, as the models use it."""
+  relu: bool
+  kwargs: dict
+
+  @nn.compact
+  def __call__(self, x, residual=None):
+    return layers.BatchNorm(relu=self.relu, **self.kwargs)(x, residual)
+
+
 @pytest.mark.parametrize('train', [True, False])
-@pytest.mark.parametrize('shape', [(4, 6, 5, 3), (7, 2)])
-def test_batch_norm_equals_flax_batch_norm(train, shape):
-  """Variables at init; output, gradients and updated statistics, with the
-  statistics averaged over a named axis (vmap's, as pmap's in training)."""
-  kwargs = dict(use_running_average=not train, momentum=0.9)
-  x = 2 * normal(6, (3, *shape)) + 1  # 3 members of the named axis.
-  c = shape[-1]
-  variables = {'params': {'scale': 1 + normal(7, (c,)),
-                          'bias': normal(8, (c,))},
-               'batch_stats': {'mean': normal(9, (c,)),
-                               'var': jnp.exp(normal(10, (c,)))}}
+@pytest.mark.parametrize('shape, relu, residual, dtype', [
+    ((4, 6, 5, 3), False, False, 'float32'), ((7, 2), False, False, 'float32'),
+    ((4, 6, 5, 3), True, True, 'float32'), ((4, 6, 5, 3), False, False,
+                                            'float64'),
+    ((4, 6, 5, 3), True, False, 'float64'), ((4, 6, 5, 3), True, True,
+                                             'float64'),
+    ((40, 4, 4, 3), True, True, 'float64')])  # Two-step sums (N > 32).
+def test_batch_norm_equals_flax_batch_norm(train, shape, relu, residual,
+                                           dtype):
+  """Variables at init; output, gradients (x, residual, scale and bias) and
+  updated statistics, with the statistics averaged over a named axis
+  (vmap's, as pmap's in training). In float64 to 1e-12: the formula of
+  `batch_norm_train`'s gradient against autodiff through flax's layer."""
+  with jax.enable_x64(dtype == 'float64'):
+    kwargs = dict(use_running_average=not train, momentum=0.9,
+                  axis_name='devices' if train else None)
+    cast = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, dtype), tree)
+    x = cast(2 * normal(6, (3, *shape)) + 1)  # 3 members of the named axis.
+    r = cast(normal(11, (3, *shape))) if residual else None
+    c = shape[-1]
+    variables = cast({
+        'params': {'BatchNorm_0': {'scale': 1 + normal(7, (c,)),
+                                   'bias': normal(8, (c,))}},
+        'batch_stats': {'BatchNorm_0': {'mean': normal(9, (c,)),
+                                        'var': jnp.exp(normal(10, (c,)))}}})
 
-  def run(module):
-    def loss(params, x):
-      y, updated = module.apply(
-          {'params': params, 'batch_stats': variables['batch_stats']}, x,
-          mutable=['batch_stats'])
-      return jnp.sum(jnp.sin(y)), (y, updated)
-    grad = jax.grad(loss, (0, 1), has_aux=True)
-    return jax.jit(jax.vmap(grad, (None, 0), axis_name='devices'))(
-        variables['params'], x)
+    def run(module):
+      def loss(params, x, r):
+        y, updated = module.apply(
+            {'params': params, 'batch_stats': variables['batch_stats']}, x,
+            r, mutable=['batch_stats'])
+        return jnp.sum(jnp.sin(y)), (y, updated)
+      grad = jax.grad(loss, (0, 1, 2), has_aux=True)
+      return jax.jit(jax.vmap(grad, (None, 0, 0), axis_name='devices'))(
+          variables['params'], x, r)
 
-  axis_name = 'devices' if train else None
-  fast = layers.BatchNorm(axis_name=axis_name, **kwargs)
-  reference = nn.BatchNorm(axis_name=axis_name, **kwargs)
-  chex.assert_trees_all_equal(fast.init(jax.random.key(0), x[0]),
-                              reference.init(jax.random.key(0), x[0]))
-  assert_close(run(fast), run(reference))
+    fast, reference = Wrapped(relu, kwargs), FlaxNormReLU(relu, kwargs)
+    chex.assert_trees_all_equal(fast.init(jax.random.key(0), x[0]),
+                                reference.init(jax.random.key(0), x[0]))
+    actual, expected = run(fast), run(reference)
+    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
+    if relu:  # Some outputs are cut, some pass.
+      assert 0 < float(jnp.mean(expected[1][0] == 0)) < 1
+    assert_close(actual, expected, 1e-12 if dtype == 'float64' else 1e-5)
 
 
 @pytest.mark.parametrize('train', [True, False])

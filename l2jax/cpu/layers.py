@@ -21,6 +21,11 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
   norms and residual sums before it, back to the start of a residual stage,
   would be recomputed inside each transpose that XLA puts before a kernel
   gradient, in transposed order. It does not copy reductions.
+- `BatchNorm` (with `relu` and a `residual`) and `batch_norm_train`: in
+  training, batch norm, the residual sum and the ReLU after it as one custom
+  VJP whose gradient is batch norm's formula, reading the saved normalized
+  map and output: autodiff through the statistics gives XLA several more
+  passes over each map to fuse or recompute.
 - `conv_general_dilated`: `lax.conv_general_dilated`, except for two kinds
   of stride-1 NHWC convolution. A drop-in `nn.Conv(conv_general_dilated=...)`:
   parameter names and shapes stay nn.Conv's.
@@ -43,8 +48,8 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
   fuses the two steps back into one slow loop nest, as a matrix product
   with a vector of ones.
 
-`broadcast_channels`, `max_pool_2x2`, `relu` and `winograd.winograd_conv`
-are custom VJPs: reverse-mode differentiation only (`jax.grad`, `jax.vjp`, and
+`broadcast_channels`, `max_pool_2x2`, `relu`, `batch_norm_train` and
+`winograd.winograd_conv` are custom VJPs: reverse-mode differentiation only (`jax.grad`, `jax.vjp`, and
 forward-over-reverse), not `jax.jvp` or `jax.jacfwd`.
 """
 
@@ -234,23 +239,85 @@ class BiasedConv(nn.Module):
     return y + broadcast_channels(bias.astype(y.dtype), y.shape)
 
 
+# Batch norm in training, its ReLU and residual sum, with its gradient by
+# formula.
+
+def _batch_norm_fwd(x, residual, scale, bias, axis_name, epsilon, relu_):
+  moments = jnp.stack([sum_to_channels(x), sum_to_channels(x * x)])
+  moments /= x.size // x.shape[-1]
+  if axis_name is not None:
+    moments = lax.pmean(moments, axis_name)
+  mean, mean_sq = moments
+  var = jnp.maximum(0.0, mean_sq - mean * mean)
+  rstd = lax.rsqrt(var + epsilon)
+  normalized = (x - mean) * rstd
+  y = normalized * scale + bias
+  if residual is not None:
+    y = y + residual
+  if relu_:
+    y = relu(y)
+  return (y, mean, var), (normalized, y if relu_ else None, scale, rstd,
+                          residual)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def batch_norm_train(x, residual, scale, bias, axis_name, epsilon, relu_):
+  """(y, μ, σ²): y = [relu](x̂ · scale + bias [+ residual]) with
+  x̂ = (x − μ) / √(σ² + ε), μ and σ² over all axes but the last (and over
+  `axis_name`), σ² = E[x²] − μ². x and `residual` (or None) share a float
+  dtype.
+
+  Its gradient is the formula's: with g = ∂y masked where the ReLU is 0,
+  ∂bias = Σ g, ∂scale = Σ g·x̂, ∂residual = g and
+  ∂x = scale/√(σ² + ε) · (g − mean(g) − x̂·mean(g·x̂)), the means over the
+  statistics' examples (μ and σ²'s own cotangents are ignored: they feed the
+  running statistics only). It saves x̂ and y, so that the backward pass
+  reads them where XLA would recompute the forward pass from x.
+  """
+  return _batch_norm_fwd(x, residual, scale, bias, axis_name, epsilon,
+                         relu_)[0]
+
+
+def _batch_norm_bwd(axis_name, epsilon, relu_, saved, cotangents):
+  del epsilon
+  normalized, y, scale, rstd, residual = saved
+  g = cotangents[0]
+  if relu_:
+    g = jnp.where(y > 0, g, jnp.zeros((), g.dtype))
+  sums = jnp.stack([sum_to_channels(g), sum_to_channels(g * normalized)])
+  means = sums / (g.size // g.shape[-1])
+  if axis_name is not None:
+    # μ and σ² are means over every member's examples: so are their
+    # cotangents (pmean is its own transpose).
+    means = lax.pmean(means, axis_name)
+  dx = (scale * rstd).astype(g.dtype) * (g - means[0] - normalized * means[1])
+  return (dx, None if residual is None else g, sums[1].astype(scale.dtype),
+          sums[0].astype(scale.dtype))
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
 class BatchNorm(nn.Module):
   """nn.BatchNorm over the last axis, with its defaults (ε = 1e-5, scale and
   bias, the variance as E[x²] − E[x]²) and its parameter and statistics
-  names, its sums over the other axes through `sum_to_channels` and
-  `broadcast_channels`.
+  names, then `residual` added and a ReLU where `relu` says: the
+  activation after the norm in one layer, so that training's gradient is
+  `batch_norm_train`'s formula.
 
   Training (`use_running_average=False`): y = (x − μ) · γ / √(σ² + ε) + β
   with μ, σ² over the batch (and over `axis_name`'s devices), and the
-  running statistics updated as m·running + (1 − m)·batch.
+  running statistics updated as m·running + (1 − m)·batch. Evaluation: the
+  running statistics, the sums through `broadcast_channels`.
   """
   use_running_average: bool
   momentum: float = 0.99
   epsilon: float = 1e-5
   axis_name: Optional[str] = None
+  relu: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, residual=None):
     c = x.shape[-1]
     # As flax's (force_float32_reductions): float32 statistics and
     # parameters, sums in at least float32.
@@ -258,23 +325,24 @@ class BatchNorm(nn.Module):
                             lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var',
                            lambda: jnp.ones((c,), jnp.float32))
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    if not self.use_running_average:
+      initializing = self.is_initializing()
       xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      moments = jnp.stack([sum_to_channels(xf), sum_to_channels(xf * xf)])
-      moments /= x.size // c
-      if self.axis_name is not None and not self.is_initializing():
-        moments = lax.pmean(moments, self.axis_name)
-      mean, mean_sq = moments
-      var = jnp.maximum(0.0, mean_sq - mean * mean)
-      if not self.is_initializing():
+      y, mean, var = batch_norm_train(
+          xf, None if residual is None else residual.astype(xf.dtype),
+          scale, bias,
+          None if initializing else self.axis_name, self.epsilon, self.relu)
+      if not initializing:
         m = self.momentum
         ra_mean.value = m * ra_mean.value + (1 - m) * mean
         ra_var.value = m * ra_var.value + (1 - m) * var
-    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    mul = lax.rsqrt(var + self.epsilon) * scale
-    y = (x - broadcast_channels(mean, x.shape)) * broadcast_channels(
+      return y
+    mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
+    y = (x - broadcast_channels(ra_mean.value, x.shape)) * broadcast_channels(
         mul, x.shape)
-    return y + broadcast_channels(bias, x.shape)  # At least float32.
+    y = y + broadcast_channels(bias, x.shape)  # At least float32.
+    if residual is not None:
+      y = y + residual
+    return relu(y) if self.relu else y
