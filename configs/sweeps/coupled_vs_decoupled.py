@@ -36,7 +36,11 @@ The `cpu_bn_*` variants each change one thing of `cpu_bn` (`VARIANTS`):
   convolutions' alone (100%). All kernels together, coupled Adam's best λ
   barely moves with α where the mechanism says α^−2; the split tells which
   part places it. `cpu_bn_adamw_convs`: AdamW with the convolutions' decay
-  alone (its all-kernel rows show no optimum).
+  alone (its all-kernel rows show no optimum). `cpu_bn_adam_convs_double`,
+  `cpu_bn_adamw_convs_double`: the same for 60 epochs. At 30, AdamW's two
+  faster rows stop short of equilibrium (Σ s 3.5 and 1.4 at their λ̂) and
+  its slope is −0.48 where the mechanism says 0: does it reach 0 when they
+  get there?
 - `cpu_bn_sgd_convs`: SGD and SGDW with the convolutions' decay alone, at
   `cpu_bn`'s four rates: does the classifier's decay cost under SGD too,
   and do the rows' peaks rise above their seeds' noise without it?
@@ -85,6 +89,10 @@ VARIANTS = {
                                 {'l2.mask': 'Dense_0/kernel'}),
     'cpu_bn_adam_convs': Variant(('adam',), ADAM_RATES, {'l2.mask': CONVS}),
     'cpu_bn_adamw_convs': Variant(('adamw',), ADAM_RATES, {'l2.mask': CONVS}),
+    'cpu_bn_adam_convs_double': Variant(('adam',), ADAM_RATES,
+                                        {'l2.mask': CONVS, 'num_epochs': 60}),
+    'cpu_bn_adamw_convs_double': Variant(('adamw',), ADAM_RATES,
+                                         {'l2.mask': CONVS, 'num_epochs': 60}),
     'cpu_bn_sgd_convs': Variant(('sgd', 'sgdw'), SGD_ALL, {'l2.mask': CONVS}),
     'cpu_bn_sgd_convs_double': Variant(('sgd', 'sgdw'), SGD_ALL,
                                        {'l2.mask': CONVS, 'num_epochs': 60}),
@@ -163,6 +171,10 @@ def get_config(preset: str = 'smoke'):
         'cpu_bn_adam_convs': {'adam': (0.1, -1.0)},
         # AdamW's all-kernel rows were flat over 3e-5 to 3e-3.
         'cpu_bn_adamw_convs': {'adamw': (1e-3, 0.0)},
+        # Around the 30-epoch λ̂ of the rows at equilibrium: if the per-step
+        # shrink sets the optimum, it stays there (coupled: lr 1e-3's 0.09).
+        'cpu_bn_adam_convs_double': {'adam': (0.1, -1.0)},
+        'cpu_bn_adamw_convs_double': {'adamw': (5e-3, 0.0)},
         # cpu_bn's centres: widening finds where the head's absence moves them.
         'cpu_bn_sgd_convs': {'sgd': (0.2, -1.0), 'sgdw': (2e-3, 0.0)},
         # Around cpu_bn_sgd_convs' λ̂ at lr 0.003 (0.2, 5e-3).
@@ -203,6 +215,8 @@ def get_config(preset: str = 'smoke'):
                            '(78 cells after widening)',
       'cpu_bn_adamw_convs': '22 min wall two at a time on 2 cores '
                             '(78 cells after widening)',
+      'cpu_bn_adam_convs_double': 'not measured yet',
+      'cpu_bn_adamw_convs_double': 'not measured yet',
       'cpu_bn_sgd_convs': '31 min wall two at a time on 2 cores '
                           '(114 cells after widening)',
       'cpu_bn_sgd_convs_double': '52 min wall two at a time on 2 cores '
