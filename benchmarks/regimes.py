@@ -70,12 +70,13 @@ def _section(title: str, regimes: list, text) -> list:
   return lines
 
 
-def report(regimes: list) -> str:
-  """regimes: [(preset, analysis)], highest scale-invariant share first."""
+def report(regimes: list, command: str) -> str:
+  """regimes: [(preset, analysis)], highest scale-invariant share first;
+  command: the one that joined them."""
   head = ' | '.join(f'`{p}` ({100 * a["scale_invariant_share"]:.0f}% '
                     'invariant)' for p, a in regimes)
   rule = '|---' * (len(regimes) + 2) + '|'
-  lines = ['# Separability across regimes', '',
+  lines = ['# Separability across regimes', '', f'    {command}', '',
            'Each column is one `benchmarks.coupled_vs_decoupled` preset (its '
            'own report, figures and every cell in the folder of its name); '
            'the header gives the share of the decayed parameters that are '
@@ -135,7 +136,8 @@ def main(argv):
     if os.path.realpath(run) != os.path.realpath(folder):
       for name in FILES:
         shutil.copy(os.path.join(run, name), folder)
-  text = report(regimes)
+  text = report(regimes, f'python -m benchmarks.regimes --runs={FLAGS.runs} '
+                 f'--out={FLAGS.out} --report={FLAGS.report}')
   outputs.write_atomic(os.path.join(FLAGS.out, FLAGS.report), text)
   print(text, end='')
 

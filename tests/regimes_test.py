@@ -22,7 +22,9 @@ def analysis(share: float, slope: float) -> dict:
 
 def test_each_regime_is_a_column_with_its_mechanism():
   text = regimes.report([('cpu_bn', analysis(0.97, -1.03)),
-                         ('cpu', analysis(0.0, 0.2))])
+                         ('cpu', analysis(0.0, 0.2))],
+                        'python -m benchmarks.regimes --runs=a,b --out=c')
+  assert '\n    python -m benchmarks.regimes --runs=a,b --out=c\n' in text
   assert ('| sgd | -1 | -1.03 [-1.13, -0.93] (mechanism: -1) | '
           '+0.20 [+0.10, +0.30] (mechanism: +0) |') in text, text
   assert '| sgdw | +0 | – | – |' in text, text
