@@ -215,8 +215,10 @@ def get_config(preset: str = 'smoke'):
                            '(78 cells after widening)',
       'cpu_bn_adamw_convs': '22 min wall two at a time on 2 cores '
                             '(78 cells after widening)',
-      'cpu_bn_adam_convs_double': 'not measured yet',
-      'cpu_bn_adamw_convs_double': 'not measured yet',
+      'cpu_bn_adam_convs_double': '40 min wall two at a time on 2 cores '
+                                  '(87 cells after widening)',
+      'cpu_bn_adamw_convs_double': '28 min wall two at a time on 2 cores '
+                                   '(63 cells after widening)',
       'cpu_bn_sgd_convs': '31 min wall two at a time on 2 cores '
                           '(114 cells after widening)',
       'cpu_bn_sgd_convs_double': '52 min wall two at a time on 2 cores '
