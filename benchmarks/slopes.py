@@ -14,11 +14,22 @@ over the rows that have one (Loshchilov & Hutter, ICLR 2019, Fig. 2: about
 −1 for coupled L2, 0 for decoupled decay). `bootstrap` gives its 95%
 interval by resampling the seeds with replacement, the same draw for every
 cell, since a seed fixes the validation split all cells of it share.
+
+From the command line, both slopes of one method over chosen rows of a
+committed grid (a row subset is a choice made after seeing the grid: say so
+where you quote it):
+
+    python -m benchmarks.slopes \
+        --results=benchmarks/results/separability/cpu_bn_adam_convs/results.csv \
+        --method=adam --lrs=3e-4,1e-3,3e-3
 """
 
 import math
+import sys
 from typing import Optional, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 
 
@@ -117,3 +128,46 @@ def bootstrap(rows: Sequence[dict], estimator=vertex, draws: int = 2000,
                else (math.nan, math.nan))
   return {'slope': point, 'low': float(low), 'high': float(high),
           'defined': len(defined) / draws}
+
+
+def rows_of(rows: Sequence[dict], method: str, lrs=None) -> list:
+  """A results.csv's decayed cells of `method`, in the rows `lrs` (all when
+  None); raises ValueError naming what exists when nothing matches."""
+  chosen = [r for r in rows if r['method'] == method and r['l2_weight'] > 0
+            and (lrs is None or any(math.isclose(r['lr'], lr) for lr in lrs))]
+  if not chosen:
+    methods = sorted({r['method'] for r in rows})
+    rates = sorted({r['lr'] for r in rows if r['method'] == method})
+    raise ValueError(f'no decayed cells of method {method!r} at lr {lrs}; '
+                     f'the file has methods {methods}'
+                     + (f', {method} at lr {rates}' if rates else ''))
+  return chosen
+
+
+def main(argv):
+  from benchmarks import sweep  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    sys.exit(f'slopes: error: unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    rows = rows_of(sweep.read_csv(FLAGS.results), FLAGS.method,
+                   FLAGS.lrs and [float(lr) for lr in FLAGS.lrs])
+  except (OSError, ValueError) as e:
+    sys.exit(f'slopes: error: {e}')
+  seeds = sorted({r['seed'] for r in rows})
+  for name, estimator in (('vertex', vertex), ('argmax', argmax)):
+    s = bootstrap(rows, estimator)
+    by_lr = ', '.join(f'{lr:g}: {w:.3g}' if w else f'{lr:g}: –'
+                      for lr, w in best_by_lr(rows, seeds, estimator).items())
+    text = ('n/a' if s['slope'] is None else
+            f'{s["slope"]:+.2f} [{s["low"]:+.2f}, {s["high"]:+.2f}]')
+    print(f'{FLAGS.method} {name}: slope {text} over {len(seeds)} seeds; '
+          f'λ̂ by lr {by_lr}')
+
+
+if __name__ == '__main__':
+  FLAGS = flags.FLAGS
+  flags.DEFINE_string('results', None, 'A coupled_vs_decoupled results.csv.')
+  flags.DEFINE_string('method', None, 'sgd, sgdw, adam or adamw.')
+  flags.DEFINE_list('lrs', None, 'The lr rows to fit (default: all).')
+  flags.mark_flags_as_required(['results', 'method'])
+  app.run(main)

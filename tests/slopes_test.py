@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks import separability
 from benchmarks import slopes
+from benchmarks import sweep
+from tests import helpers
 
 LRS = (0.003, 0.01, 0.03, 0.1)  # ×√10 steps… over 33×.
 
@@ -142,3 +144,32 @@ def test_rotation_columns_read_a_cells_metrics(tmp_path):
   assert got['angle_ratio_mid'] == pytest.approx(3.0)  # Epoch 1: 0.03/0.01.
   assert all(math.isnan(v) for v in
              separability.rotation_columns(str(tmp_path / 'none')).values())
+
+
+def test_the_command_fits_the_rows_it_is_given(tmp_path):
+  """A −1 grid whose slowest row's optimum is moved 10× lower: over all
+  rows the slope is the least-squares line through the moved optima; over
+  the other three, exactly −1. A
+  method the file lacks is one error line naming what it has."""
+  rows = [dict(r, method='sgd') for r in grid(-1.0)]
+  for r in rows:
+    if r['lr'] == LRS[0]:
+      r['l2_weight'] /= 10
+  path = str(tmp_path / 'results.csv')
+  sweep.write_csv(rows, ['method', 'lr', 'l2_weight', 'seed', 'val_accuracy'],
+                  path)
+  fewer = helpers.run_benchmark('slopes', f'--results={path}', '--method=sgd',
+                                '--lrs=' + ','.join(map(str, LRS[1:])))
+  assert fewer.returncode == 0, fewer.stderr
+  assert 'sgd vertex: slope -1.00 [-1.00, -1.00] over 3 seeds' in fewer.stdout
+  every = helpers.run_benchmark('slopes', f'--results={path}', '--method=sgd')
+  optima = [0.01 * (lr / 0.01) ** -1 / (10 if lr == LRS[0] else 1)
+            for lr in LRS]
+  want = np.polyfit(np.log(LRS), np.log(optima), 1)[0]
+  assert f'sgd vertex: slope {want:+.2f} ' in every.stdout
+  missing = helpers.run_benchmark('slopes', f'--results={path}',
+                                  '--method=adamw')
+  assert missing.returncode == 1
+  assert missing.stderr.strip().splitlines()[-1] == (
+      "slopes: error: no decayed cells of method 'adamw' at lr None; the "
+      "file has methods ['sgd']")
