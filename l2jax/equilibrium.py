@@ -174,34 +174,35 @@ class Equilibrium:
                           ) / sum(jnp.sum(w2) for w2 in squares.values())
     return result
 
-  def _inverse_denominator(self, opt_state):
+  def inverse_denominator(self, opt_state):
     """1/(√v̂ + ε) of each coordinate, from the chain's Adam state."""
     nu, count = _adam_nu(opt_state)
     correction = 1 - self.b2 ** count.astype(jnp.float32)
     return jax.tree.map(lambda v: 1 / (jnp.sqrt(v / correction) + self.eps),
                         nu)
 
-  def group_shrink(self, step, params, opt_state) -> dict:
+  def group_shrink(self, step, params, inverse=None) -> dict:
     """{group: s_t}, the ‖w‖²-weighted mean of its kernels' shrinks; nan
-    (recorded as null) for a group whose kernels are all 0."""
+    (recorded as null) for a group whose kernels are all 0. `inverse`
+    (`inverse_denominator`, per-coordinate shrinks only) divides s_t by
+    √v̂ + ε."""
     s = self.shrink(step)
     scale = jax.tree.map(lambda m: s * m, self.mask)
-    if self.per_coordinate:
-      scale = jax.tree.map(jnp.multiply, scale,
-                           self._inverse_denominator(opt_state))
+    if inverse is not None:
+      scale = jax.tree.map(jnp.multiply, scale, inverse)
     return self._weighted(params, scale)
 
-  def decay_share(self, params, opt_state) -> dict:
+  def decay_share(self, params, inverse) -> dict:
     """Coupled Adam: {group: the ‖w‖²-weighted mean of λ|w_i|/(√v̂_i + ε)},
     how much of Adam's denominator the decay makes up (v̂ is the EMA of
-    (g + λw)²). Near 0 the data gradient sets √v̂ and each coordinate's
-    shrink is α λ/√v̂; toward 1 the decay drowns the gradient in the
-    denominator: every decayed coordinate steps by about α toward 0 and its
-    gradient's share of the step shrinks (it can pass 1 where g opposes
-    λw)."""
+    (g + λw)²; `inverse`: `inverse_denominator`). Near 0 the data gradient
+    sets √v̂ and each coordinate's shrink is α λ/√v̂; toward 1 the decay
+    drowns the gradient in the denominator: every decayed coordinate steps
+    by about α toward 0 and its gradient's share of the step shrinks (it
+    can pass 1 where g opposes λw)."""
     share = jax.tree.map(
         lambda m, w, d: self.weight * m * jnp.abs(w) * d, self.mask, params,
-        self._inverse_denominator(opt_state))
+        inverse)
     return self._weighted(params, share)
 
   def measures(self, step, old_params, new_params, opt_state) -> dict:
@@ -210,11 +211,13 @@ class Equilibrium:
     (`angular_update_equilibrium/<group>`) and, under coupled Adam, the
     decay's share of the denominator (`decay_share/<group>`)."""
     old, new = group_kernels(old_params), group_kernels(new_params)
-    shrink = self.group_shrink(step, old_params, opt_state)
+    inverse = (self.inverse_denominator(opt_state) if self.per_coordinate
+               else None)
+    shrink = self.group_shrink(step, old_params, inverse)
     result = {}
     if self.per_coordinate:
       result = {f'decay_share/{group}': share for group, share in
-                self.decay_share(old_params, opt_state).items()}
+                self.decay_share(old_params, inverse).items()}
     for group in old:
       result[f'angular_update/{group}'] = angular_update(old[group],
                                                          new[group])
