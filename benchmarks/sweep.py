@@ -420,8 +420,11 @@ def cpu_model() -> str:
 
 
 def machine() -> str:
+  device = jax.local_devices()[0]
+  kind = '' if device.platform == 'cpu' else f' ({device.device_kind})'
   return (f'{cpu_model()}, {os.cpu_count()} cores; JAX on '
-          f'{jax.local_device_count()} {jax.default_backend()} device(s); '
+          f'{jax.local_device_count()} {jax.default_backend()} device(s)'
+          f'{kind}; '
           f'load average {os.getloadavg()[0]:.2f} at the end')
 
 

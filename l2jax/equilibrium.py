@@ -252,10 +252,15 @@ def scale_invariant_groups(model, variables, x, axis_name: Optional[str],
   is not.
 
   `axis_name`: the models' batch-norm axis, bound here by a vmap of one.
+  The logits are computed at float32's full precision: GPUs' default
+  TensorFloat-32 products round at about 1e-3, which would hide the
+  invariance.
   """
   def logits(params):
-    return np.asarray(_train_logits(model, {**variables, 'params': params},
-                                    x, axis_name), np.float64)
+    with jax.default_matmul_precision('highest'):
+      out = _train_logits(model, {**variables, 'params': params}, x,
+                          axis_name)
+    return np.asarray(out, np.float64)
 
   params = variables['params']
   base = logits(params)

@@ -19,6 +19,14 @@ STEPS, STEPS_PER_EPOCH = 3, 4
 CELLS = [(0.1, 3e-2), (0.01, 0.0)]
 
 
+@pytest.fixture(autouse=True)
+def full_precision():
+  """Float32 products at full precision (a CPU's default): a GPU's default
+  TensorFloat-32 rounds at about 1e-3, which would swamp the comparison."""
+  with jax.default_matmul_precision('highest'):
+    yield
+
+
 def configs(optimizer: str, mode: str) -> list:
   base = cifar.get_config()
   base.update(model='allconv_bn', batch_size=4, augment=False,
@@ -86,10 +94,12 @@ def test_each_stacked_cell_equals_its_own_run(optimizer, mode):
     actual = jax.tree.map(lambda x, k=k: x[:, k], (
         stacked[0].params, stacked[0].batch_stats, stacked[0].opt_state,
         stacked[0].step, stacked[1]))
-    # Float rounding differs (the stacked products sum in another order).
+    # Float rounding differs (the stacked products sum in another order;
+    # Adam's division by √v̂ magnifies it: on an H200 up to 1.7e-5 of the
+    # largest value).
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
       np.testing.assert_allclose(a, e, rtol=1e-5,
-                                 atol=1e-5 * np.abs(e).max(initial=1e-30))
+                                 atol=3e-5 * np.abs(e).max(initial=1e-30))
 
 
 def test_cells_may_differ_only_in_learning_rate_and_l2_weight():
