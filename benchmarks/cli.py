@@ -42,6 +42,11 @@ def define_flags(presets) -> None:
   flags.DEFINE_integer('cells_per_job', 0,
                        'Cells a job trains (0: spread over --parallel).',
                        lower_bound=0)
+  flags.DEFINE_integer('stack', 0,
+                       'Fresh cells differing only in lr and λ that a job '
+                       'trains at once as one program; 0: 1 on a CPU (it does '
+                       f'not pay there), {sweep.GPU_STACK} on an accelerator.',
+                       lower_bound=0)
   flags.DEFINE_string('slurm_partition', None, 'slurm: the partition.')
   flags.DEFINE_integer('slurm_minutes', 24 * 60, 'slurm: time limit a job.')
   flags.DEFINE_integer('slurm_gpus', 0, 'slurm: GPUs a job.')
@@ -67,7 +72,7 @@ def executor():
   if FLAGS.slurm_gpus:
     slurm['gpus_per_node'] = FLAGS.slurm_gpus
   return sweep.Executor(FLAGS.executor, FLAGS.parallel, FLAGS.pin,
-                        FLAGS.cells_per_job, slurm)
+                        FLAGS.cells_per_job, slurm=slurm, stack=FLAGS.stack)
 
 
 def start(name: str, argv) -> str:

@@ -23,8 +23,12 @@ one `l2jax.train.train_and_evaluate` call, the training code of
   one GPU (`gpus`) or its own group of CPU cores (`cores`);
 - `slurm`: submitit's Slurm executor, one job array per call.
 
-A cell killed midway resumes from its own checkpoints on the next call.
-Flag-free, so that every script can import it and define its own flags.
+Each job trains its cells one after another or, with `stack` = K > 1, up
+to K fresh cells that differ only in α and λ at once, as one program
+(`l2jax.cells.train_and_evaluate`; `stacks`): that pays on a GPU, not on a
+CPU (docs/performance.md). A cell killed midway resumes from its own
+checkpoints on the next call, alone. Flag-free, so that every script can
+import it and define its own flags.
 """
 
 import copy
@@ -47,6 +51,7 @@ from typing import NamedTuple, Optional, Sequence
 from absl import logging
 import jax
 
+from l2jax import cells as cells_lib
 from l2jax import configuration
 from l2jax import data as data_lib
 from l2jax import outputs
@@ -60,6 +65,10 @@ EXECUTORS = ('inline', 'local', 'slurm')
 # (`release_programs`): a third of Linux's default vm.max_map_count.
 MAX_MAPPINGS = 20_000
 PINS = ('none', 'cores', 'gpus')
+# Stacked cells a job trains at once on an accelerator unless told: 16
+# `cpu_bn` cells stepped 6.5× faster a cell than one at a time on an H200
+# (docs/performance.md). On a CPU stacking does not pay.
+GPU_STACK = 16
 # Config keys that decide what `data.load` returns: cells equal in these
 # share one read of the data.
 DATA_KEYS = ('dataset', 'data_dir', 'manual_dir', 'validation_fraction',
@@ -86,6 +95,7 @@ class Executor:
   pin: str = 'none'
   cells_per_job: int = 0  # 0: the cells spread evenly over `parallel` jobs.
   slurm: dict = dataclasses.field(default_factory=dict)  # submitit's slurm_*.
+  stack: int = 0  # Cells a job trains at once (`stacks`); 0: `auto_stack`.
 
 
 def cell_config(base, cell: Cell):
@@ -143,18 +153,52 @@ def train_cell(folder: str, config, dataset=None,
   """
   os.makedirs(folder, exist_ok=True)
   start = time.perf_counter()
-  status, error = 'done', None
   try:
-    final = train.train_and_evaluate(config, folder, dataset)['final']
+    outcome = train.train_and_evaluate(config, folder, dataset)
+  except Exception as e:  # pylint: disable=broad-except
+    outcome = e
+  return write_record(folder, config, outcome, time.perf_counter() - start,
+                      keep_checkpoints)
+
+
+def train_stack(jobs: Sequence[tuple], dataset=None,
+                keep_checkpoints: bool = False) -> list:
+  """Trains (name, folder, config) jobs that may be stacked as one program
+  (`l2jax.cells.train_and_evaluate`) and writes each one's cell.json, its
+  wall seconds the stack's over the cells; returns the records."""
+  for _, folder, _ in jobs:
+    os.makedirs(folder, exist_ok=True)
+  start = time.perf_counter()
+  try:
+    outcomes = cells_lib.train_and_evaluate([j[2] for j in jobs],
+                                        [j[1] for j in jobs], dataset)
+  except Exception as e:  # pylint: disable=broad-except
+    outcomes = [e] * len(jobs)
+  seconds = (time.perf_counter() - start) / len(jobs)
+  return [write_record(folder, config, outcome, seconds, keep_checkpoints,
+                       stack=len(jobs))
+          for (_, folder, config), outcome in zip(jobs, outcomes)]
+
+
+def write_record(folder: str, config, outcome, seconds: float,
+                 keep_checkpoints: bool, stack: int = 1) -> dict:
+  """Writes the cell.json of a run's `outcome` (its summary, or the
+  exception that stopped it) and returns it; removes the checkpoints of a
+  done or diverged cell unless `keep_checkpoints`."""
+  if isinstance(outcome, DivergenceError):
+    status, error, result = 'diverged', str(outcome), 'diverged'
+  elif isinstance(outcome, BaseException):
+    status, error = 'failed', one_line(outcome)
+    result = f'failed ({error})'
+    logging.warning('cell %s failed:\n%s', folder, ''.join(
+        traceback.format_exception(outcome)))
+  else:
+    final = outcome['final']
+    status, error = 'done', None
     result = (f'val {_number(final.get("val_accuracy")):.4f}, '
               f'test {_number(final.get("test_accuracy")):.4f}')
-  except DivergenceError as e:
-    status, error, result = 'diverged', str(e), 'diverged'
-  except Exception as e:  # pylint: disable=broad-except
-    status, error, result = 'failed', one_line(e), f'failed ({one_line(e)})'
-    logging.warning('cell %s failed:\n%s', folder, traceback.format_exc())
   record = {'config': config.to_dict(), 'status': status, 'error': error,
-            'wall_seconds': time.perf_counter() - start, 'result': result}
+            'wall_seconds': seconds, 'result': result, 'stack': stack}
   outputs.write_atomic(os.path.join(folder, CELL),
                        json.dumps(record, indent=2) + '\n')
   if not keep_checkpoints and status != 'failed':
@@ -191,14 +235,39 @@ class Progress:
           f'{record["wall_seconds"]:.0f} s{self.eta()}', flush=True)
 
 
+def auto_stack(stack: int) -> int:
+  """`stack`, or where it is 0, 1 on a CPU and GPU_STACK elsewhere."""
+  return stack or (1 if jax.default_backend() == 'cpu' else GPU_STACK)
+
+
+def stacks(jobs: Sequence[tuple], stack: int) -> list:
+  """`jobs` in groups to train together: up to `stack` fresh cells whose
+  configs differ only in what `l2jax.cells` may stack (α and λ), each other
+  cell alone; the groups of one data key together."""
+  groups, alone = {}, []
+  for job in sorted(jobs, key=lambda job: _data_key(job[2])):
+    _, folder, config = job
+    if stack > 1 and cells_lib.fresh(folder):
+      key = json.dumps({k: v for k, v in cells_lib.flat(config).items()
+                        if k not in cells_lib.STACKED}, sort_keys=True,
+                       default=str)
+      groups.setdefault(key, []).append(job)
+    else:
+      alone.append([job])
+  chunks = alone + [group[i:i + stack] for group in groups.values()
+                    for i in range(0, len(group), stack)]
+  return sorted(chunks, key=lambda chunk: _data_key(chunk[0][2]))
+
+
 def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
-                progress: Optional[Progress] = None) -> None:
-  """(name, folder, config) one after another, one read of the data for
-  cells that read the same data."""
-  progress = progress or Progress(len(jobs))
-  jobs = sorted(jobs, key=lambda job: _data_key(job[2]))
+                progress: Optional[Progress] = None, stack: int = 0) -> None:
+  """(name, folder, config) one after another, or up to `stack` at once
+  (`stacks`, `auto_stack`), one read of the data for cells that read the
+  same data."""
+  progress, stack = progress or Progress(len(jobs)), auto_stack(stack)
   dataset, key = None, None
-  for name, folder, config in jobs:
+  for chunk in stacks(jobs, stack):
+    config = chunk[0][2]
     if _data_key(config) != key:
       dataset, key = None, _data_key(config)  # Frees the last data first.
       try:
@@ -206,12 +275,17 @@ def train_cells(jobs: Sequence[tuple], keep_checkpoints: bool = False,
       except L2JaxError:
         dataset = None  # train_cell meets the error again and records it.
     try:
-      record = train_cell(folder, config, dataset, keep_checkpoints)
+      if len(chunk) == 1:
+        chunk_records = [train_cell(chunk[0][1], config, dataset,
+                                    keep_checkpoints)]
+      else:
+        chunk_records = train_stack(chunk, dataset, keep_checkpoints)
     except preemption.Preempted as e:
-      # The cell's checkpoint is saved; the next call resumes it.
-      print(f'{name}: {e}', flush=True)
+      # The cells' checkpoints are saved; the next call resumes them.
+      print(f'{", ".join(job[0] for job in chunk)}: {e}', flush=True)
       raise SystemExit(preemption.EXIT_STATUS) from e
-    progress.cell(name, record)
+    for (name, _, _), record in zip(chunk, chunk_records):
+      progress.cell(name, record)
     release_programs()
 
 
@@ -242,7 +316,7 @@ def release_programs() -> None:
 
 
 def _job(jobs: Sequence[tuple], keep_checkpoints: bool, pin: str,
-         index: int, parallel: int) -> int:
+         index: int, parallel: int, stack: int = 0) -> int:
   """The body of one submitit job: pins itself, then `train_cells`."""
   from l2jax import caches  # pylint: disable=g-import-not-at-top
   from l2jax import cpu  # pylint: disable=g-import-not-at-top
@@ -254,7 +328,7 @@ def _job(jobs: Sequence[tuple], keep_checkpoints: bool, pin: str,
     group = cores[(index % parallel) * share:][:share] or cores
     os.sched_setaffinity(0, group)
   logging.set_verbosity(logging.WARNING)
-  train_cells(jobs, keep_checkpoints)
+  train_cells(jobs, keep_checkpoints, stack=stack)
   return len(jobs)
 
 
@@ -291,12 +365,13 @@ def submit(executor: Executor, jobs: list, out: str,
         ex.update_parameters(visible_gpus=(index % executor.parallel,),
                              gpus_per_node=1)
       submitted.append(ex.submit(_job, chunk, keep_checkpoints,
-                                 executor.pin, index, executor.parallel))
+                                 executor.pin, index, executor.parallel,
+                                 executor.stack))
     return submitted
   n = len(chunks)
   return ex.map_array(_job, chunks, [keep_checkpoints] * n,
                       [executor.pin] * n, list(range(n)),
-                      [executor.parallel] * n)
+                      [executor.parallel] * n, [executor.stack] * n)
 
 
 def wait(submitted: list, jobs: list, poll_seconds: float) -> None:
@@ -347,7 +422,7 @@ def run(cells: Sequence[Cell], base, out: str,
   print(f'{len(jobs)} of {len({c.name for c in cells})} cells to train '
         f'({executor.kind})', flush=True)
   if executor.kind == 'inline':
-    train_cells(jobs, keep_checkpoints)
+    train_cells(jobs, keep_checkpoints, stack=executor.stack)
   else:
     # A local job's files are read on this machine; a cluster's through its
     # shared file system, less often.

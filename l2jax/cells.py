@@ -8,47 +8,67 @@ of the run's initial state on a leading axis; `pmap_train_step` is
 `train.train_step` vmapped over that axis and over α and λ (`hyperparameters`:
 arrays of K values), with the batch and keys shared. The step builds each
 cell's optimizer and rotation measures from its own α and λ, so each cell's
-updates are those of its own run (tests/cells_test.py).
+updates are those of its own run (tests/cells_test.py). `train_and_evaluate`
+trains K such runs to the end, each writing the outputs of its own run.
 
 Why: on an accelerator, K networks as small as the separability study's
-should fill the device where one does not; that is expected, not measured
-here. On a 2-core CPU it does not pay: per cell, the vmapped step is slower
-than the cell's own (`benchmarks.cells_per_hour`, docs/performance.md), so
-the sweeps train cells one after another.
+fill the device where one does not: on one H200, 16 `cpu_bn` cells at once
+step 6.5× faster per cell than one at a time, and a sweep of 16 took 0.53
+of the time end to end. On a 2-core CPU it does not pay: per cell, the
+vmapped step is slower than the cell's own (`benchmarks.cells_per_hour`,
+docs/performance.md), so there the sweeps train cells one after another
+(`benchmarks.sweep.auto_stack`).
 """
 
+import contextlib
 import functools
+import os
+import time
+from typing import Sequence
 
+from absl import logging
+from flax import jax_utils
 import jax
 import jax.numpy as jnp
 
+from l2jax import checkpoints
+from l2jax import data as data_lib
 from l2jax import devices
+from l2jax import evaluation
+from l2jax import events as events_lib
+from l2jax import models
+from l2jax import outputs
+from l2jax import preemption
+from l2jax import progress
+from l2jax import records
 from l2jax import regularization
 from l2jax import train
-from l2jax.errors import ConfigError
+from l2jax import workdir_lock
+from l2jax.errors import ConfigError, DivergenceError, L2JaxError
 
 # The config keys in which stacked cells may differ.
 STACKED = ('learning_rate', 'l2.weight')
 
 
-def _flat(config) -> dict:
-  flat = {}
+def flat(config) -> dict:
+  """{'l2.weight': value, ...}: `config`'s values by dotted key."""
+  result = {}
   for key, value in config.items():
     if hasattr(value, 'items'):
-      flat.update({f'{key}.{k}': v for k, v in _flat(value).items()})
+      result.update({f'{key}.{k}': v for k, v in flat(value).items()})
     else:
-      flat[key] = value
-  return flat
+      result[key] = value
+  return result
 
 
 def hyperparameters(configs, steps_per_epoch: int) -> dict:
   """`train.hyperparameters` of each config, as arrays of one value per
   config. ConfigError unless the configs differ in `STACKED` alone."""
-  first = _flat(configs[0])
+  first = flat(configs[0])
   for config in configs[1:]:
-    flat = _flat(config)
-    differ = sorted(k for k in first.keys() | flat.keys()
-                    if k not in STACKED and first.get(k) != flat.get(k))
+    other = flat(config)
+    differ = sorted(k for k in first.keys() | other.keys()
+                    if k not in STACKED and first.get(k) != other.get(k))
     if differ:
       raise ConfigError(f'stacked cells may differ only in {", ".join(STACKED)}'
                         f'; these differ in {", ".join(differ)}')
@@ -74,3 +94,128 @@ def pmap_train_step(config, penalties: regularization.Penalties,
       jax.vmap(cell_step, in_axes=(0, None, None, None, 0, None)),
       axis_name=devices.AXIS, in_axes=(0, 0, 0, 0, None, None),
       donate_argnums=() if jax.default_backend() == 'cpu' else (0,))
+
+
+class StackedMetrics(records.StepMetrics):
+  """`records.StepMetrics` of K stacked cells: `fetch` returns one
+  {name: [float per step]} a cell."""
+
+  def __init__(self, cells: int):
+    super().__init__()
+    self.cells = [{} for _ in range(cells)]
+
+  def fetch(self) -> list:
+    for metrics in jax.device_get(self._pending):
+      for name, values in metrics.items():
+        for cell, value in zip(self.cells, values[0]):
+          cell.setdefault(name, []).append(float(value))
+    self._pending.clear()
+    return self.cells
+
+
+def fresh(workdir: str) -> bool:
+  """Whether `workdir` holds nothing of a run yet: no metrics and nothing in
+  its checkpoints folder. Only such cells are stacked; one with progress
+  resumes alone (`train.train_and_evaluate`)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return not (outputs.read_metrics(workdir)
+              or os.path.isdir(folder) and os.listdir(folder))
+
+
+def train_and_evaluate(configs: Sequence, workdirs: Sequence[str],
+                       dataset: data_lib.Dataset = None) -> list:
+  """Trains the runs of `configs` (differing in `STACKED` alone) as one
+  program, each writing to its workdir what `train.train_and_evaluate`
+  writes: metrics.jsonl, curves, events, a checkpoint at each epoch's end,
+  summary.json. Returns each run's summary, or the DivergenceError that
+  stopped it (the others train on).
+
+  The workdirs must be `fresh`: a stack does not resume. Checkpoints are
+  saved at epochs' ends only (`checkpoint_every_steps` does not apply), and
+  a preemption notice stops the stack at the next epoch's end, each run's
+  checkpoint saved: each then resumes alone. A record's `epoch_seconds` is
+  the whole stack's.
+  """
+  with contextlib.ExitStack() as held:
+    notice = held.enter_context(preemption.Notice())
+    host = devices.host()
+    for workdir in workdirs:
+      held.enter_context(workdir_lock.hold(workdir, host))
+      if not fresh(workdir):
+        raise L2JaxError(f'{workdir} holds a run already; resume it alone')
+    dataset = dataset or data_lib.load(configs[0])
+    steps_per_epoch = train.epoch_steps(configs[0], dataset)
+    hyper = hyperparameters(configs, steps_per_epoch)
+    model = models.from_config(configs[0], dataset.num_classes)
+    init_rng, train_rng = jax.random.split(jax.random.key(configs[0].seed))
+    inits = [train.initialize(c, model, dataset.image_shape, steps_per_epoch,
+                              init_rng) for c in configs]
+    structure = train.structure(model, inits[0][0], dataset, inits[0][2])
+    runs = []
+    for config, workdir, (_, learning_rate, penalties) in zip(
+        configs, workdirs, inits):
+      ckpt = held.enter_context(checkpoints.Checkpointer(
+          workdir, config.checkpoints_to_keep))
+      events = held.enter_context(events_lib.EventWriter(
+          workdir, config, host.index == 0))
+      runs.append(train.Run(config, workdir, dataset, steps_per_epoch,
+                            learning_rate, penalties, ckpt, host, structure,
+                            events, notice))
+    return _train(runs, model, stack(inits[0][0], len(configs)), hyper,
+                  train_rng)
+
+
+def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
+  config, steps_per_epoch = runs[0].config, runs[0].steps_per_epoch
+  dataset, host = runs[0].dataset, runs[0].host
+  writers = [outputs.MetricsWriter(r.workdir, 0, write=host.index == 0)
+             for r in runs]
+  mean, std = dataset.channel_stats()
+  step_fn = pmap_train_step(config, runs[0].penalties, steps_per_epoch)
+  p_train_step = progress.first_call_timed(
+      lambda *args: step_fn(*args, hyper, (mean, std)),
+      f'the training step of {len(runs)} cells')
+  evaluate = evaluation.Evaluator(config, model.apply, mean, std, host)
+  state, rng = devices.replicate(state), jax_utils.replicate(train_rng)
+  outcomes = [None] * len(runs)  # A run's DivergenceError, once it has one.
+  for epoch in range(1, config.num_epochs + 1):
+    start, metrics = time.perf_counter(), StackedMetrics(len(runs))
+    batches = data_lib.train_batches(dataset.train, config.batch_size,
+                                     config.seed, epoch, host=host)
+    for images, labels in progress.bar(
+        jax_utils.prefetch_to_device(batches, 2), total=steps_per_epoch,
+        desc=f'epoch {epoch}/{config.num_epochs}, {len(runs)} cells',
+        unit='steps'):
+      state, step_metrics = p_train_step(state, images, labels, rng)
+      metrics.add(step_metrics)
+    state = jax.block_until_ready(state)
+    seconds, step = time.perf_counter() - start, epoch * steps_per_epoch
+    stacked, per_cell = devices.unreplicate_to_host(state), metrics.fetch()
+    for k, run in enumerate(runs):
+      if outcomes[k] is not None:
+        continue
+      host_state = jax.tree.map(lambda x, k=k: x[k], stacked)
+      try:
+        measures = train.checked_measures(run, host_state, step, per_cell[k],
+                                          step - steps_per_epoch)
+      except DivergenceError as e:
+        logging.warning('%s: %s', run.workdir, e)
+        outcomes[k] = e
+        continue
+      train.record_epoch(run, writers[k], evaluate,
+                         devices.replicate(host_state), epoch, per_cell[k],
+                         measures, seconds, steps_per_epoch * config.batch_size)
+      run.checkpointer.save(step, host_state, run.config, {})
+    if all(outcomes):
+      break
+    if epoch < config.num_epochs and runs[0].preemption.reached(step):
+      for run in runs:
+        run.checkpointer.wait()
+      raise preemption.Preempted(step, runs[0].preemption.name(),
+                                 ', '.join(r.checkpointer.directory
+                                           for r in runs))
+  return [outcome or train.finish(run, jax.tree.map(lambda x, k=k: x[k],
+                                                     stacked.params),
+                                  writer.records)
+          for k, (run, writer, outcome) in enumerate(zip(runs, writers,
+                                                          outcomes))]

@@ -213,12 +213,19 @@ def checked(run: Run, state, step: int, step_metrics: dict,
   epoch's losses and the weights are finite; else DivergenceError."""
   # On the host: orbax saves NumPy arrays from process 0 alone.
   host_state = devices.unreplicate_to_host(state)
+  return host_state, checked_measures(run, host_state, step, step_metrics,
+                                      last_checkpoint)
+
+
+def checked_measures(run: Run, host_state, step: int, step_metrics: dict,
+                     last_checkpoint: int) -> dict:
+  """`checked`'s weight measures, of a state on the host."""
   measures = records.weight_measures(host_state.params, run.penalties)
   records.check_finite(
       step_metrics['train_loss'],
       (step - 1) // run.steps_per_epoch * run.steps_per_epoch,
       measures['weight_norm'], run.learning_rate, last_checkpoint)
-  return host_state, measures
+  return measures
 
 
 def checked_save(run: Run, state, step: int, step_metrics: dict,
@@ -295,6 +302,23 @@ def _train_and_evaluate(config, workdir: str, dataset, notice) -> dict:
   # Data, model and penalties first: a mistake there leaves the workdir
   # untouched.
   dataset = dataset or data_lib.load(config)
+  steps_per_epoch = epoch_steps(config, dataset)
+  model = models.from_config(config, dataset.num_classes)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state, learning_rate, penalties = initialize(
+      config, model, dataset.image_shape, steps_per_epoch, init_rng)
+  host = devices.host()
+  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt, \
+      events_lib.EventWriter(workdir, config, host.index == 0) as events:
+    run = Run(config, workdir, dataset, steps_per_epoch, learning_rate,
+              penalties, ckpt, host,
+              structure(model, state, dataset, penalties), events, notice)
+    return _train(run, model, state, train_rng)
+
+
+def epoch_steps(config, dataset: data_lib.Dataset) -> int:
+  """Training steps an epoch of `config` takes on `dataset`; ConfigError
+  where there are none, or more in all than a run can count."""
   steps_per_epoch = len(dataset.train) // config.batch_size
   if not steps_per_epoch:
     raise ConfigError(
@@ -308,17 +332,7 @@ def _train_and_evaluate(config, workdir: str, dataset, notice) -> dict:
   logging.info('data: %d train, %d validation, %d test, shape %s, %d classes',
                len(dataset.train), len(dataset.validation or ()),
                len(dataset.test), dataset.image_shape, dataset.num_classes)
-  model = models.from_config(config, dataset.num_classes)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state, learning_rate, penalties = initialize(
-      config, model, dataset.image_shape, steps_per_epoch, init_rng)
-  host = devices.host()
-  with checkpoints.Checkpointer(workdir, config.checkpoints_to_keep) as ckpt, \
-      events_lib.EventWriter(workdir, config, host.index == 0) as events:
-    run = Run(config, workdir, dataset, steps_per_epoch, learning_rate,
-              penalties, ckpt, host,
-              structure(model, state, dataset, penalties), events, notice)
-    return _train(run, model, state, train_rng)
+  return steps_per_epoch
 
 
 def finished_summary(config, workdir: str) -> Optional[dict]:
@@ -379,17 +393,8 @@ def _train(run: Run, model, state, train_rng) -> dict:
     seconds = time.perf_counter() - start
     host_state, measures = checked(run, state, step, metrics.fetch(),
                                    last_checkpoint)
-    evaluations = {}
-    if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
-      evaluations = evaluate(state, {'val': run.dataset.validation,
-                                     'test': run.dataset.test})
-    record = records.epoch_record(
-        epoch, step, metrics.values, {**measures, **run.structure},
-        evaluations, float(run.learning_rate(step - 1)), seconds,
-        (step - first_step) * config.batch_size)
-    writer.write(record)
-    run.events.write(record, metrics.values['train_loss'])
-    _log_epoch(config, record)
+    record_epoch(run, writer, evaluate, state, epoch, metrics.values,
+                 measures, seconds, (step - first_step) * config.batch_size)
     # Saved once recorded: a run stopped in between resumes from the
     # checkpoint before, drops this record (MetricsWriter) and makes it
     # again. Saved first, a run stopped while evaluating resumed past the
@@ -399,7 +404,26 @@ def _train(run: Run, model, state, train_rng) -> dict:
     metrics = records.StepMetrics()
     if epoch < config.num_epochs and run.preemption.reached(step):
       stop(run, step)
-  return _finish(run, state, writer.records)
+  return finish(run, devices.unreplicate_to_host(state.params),
+                writer.records)
+
+
+def record_epoch(run: Run, writer: outputs.MetricsWriter, evaluate, state,
+                 epoch: int, step_metrics: dict, measures: dict,
+                 seconds: float, num_images: int) -> None:
+  """Evaluates the replicated `state` where the config asks, and writes the
+  epoch's record to metrics.jsonl, the event file and the log."""
+  config, step = run.config, epoch * run.steps_per_epoch
+  evaluations = {}
+  if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+    evaluations = evaluate(state, {'val': run.dataset.validation,
+                                   'test': run.dataset.test})
+  record = records.epoch_record(
+      epoch, step, step_metrics, {**measures, **run.structure}, evaluations,
+      float(run.learning_rate(step - 1)), seconds, num_images)
+  writer.write(record)
+  run.events.write(record, step_metrics['train_loss'])
+  _log_epoch(config, record)
 
 
 def _log_epoch(config, record: dict) -> None:
@@ -414,11 +438,11 @@ def _log_epoch(config, record: dict) -> None:
       record['images_per_second'])
 
 
-def _finish(run: Run, state, epoch_records: list) -> dict:
-  """Logs the parameters' fingerprint; process 0 writes summary and curves."""
+def finish(run: Run, params, epoch_records: list) -> dict:
+  """Logs the fingerprint of the final `params` (on the host); process 0
+  writes summary and curves."""
   config = run.config
-  logging.info('final parameters: sha256 %s',
-               records.fingerprint(jax_utils.unreplicate(state.params)))
+  logging.info('final parameters: sha256 %s', records.fingerprint(params))
   summary = records.summarize(config, epoch_records, jax.device_count())
   if run.host.index == 0:
     outputs.write_summary(run.workdir, summary)
