@@ -202,9 +202,11 @@ def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
         logging.warning('%s: %s', run.workdir, e)
         outcomes[k] = e
         continue
+      # Evaluation reads the parameters and batch statistics alone.
       train.record_epoch(run, writers[k], evaluate,
-                         devices.replicate(host_state), epoch, per_cell[k],
-                         measures, seconds, steps_per_epoch * config.batch_size)
+                         devices.replicate(host_state.replace(opt_state=None)),
+                         epoch, per_cell[k], measures, seconds,
+                         steps_per_epoch * config.batch_size)
       run.checkpointer.save(step, host_state, run.config, {})
     if all(outcomes):
       break
