@@ -32,6 +32,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+FLAGS = flags.FLAGS
+
 
 def mean_accuracy(rows: Sequence[dict], seeds: Sequence[int]) -> dict:
   """{λ: validation accuracy averaged over `seeds` (with repeats)}, for the
@@ -165,7 +167,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  FLAGS = flags.FLAGS
   flags.DEFINE_string('results', None, 'A coupled_vs_decoupled results.csv.')
   flags.DEFINE_string('method', None, 'sgd, sgdw, adam or adamw.')
   flags.DEFINE_list('lrs', None, 'The lr rows to fit (default: all).')

@@ -165,15 +165,28 @@ def train_stack(jobs: Sequence[tuple], dataset=None,
                 keep_checkpoints: bool = False) -> list:
   """Trains (name, folder, config) jobs that may be stacked as one program
   (`l2jax.cells.train_and_evaluate`) and writes each one's cell.json, its
-  wall seconds the stack's over the cells; returns the records."""
+  wall seconds the stack's over the cells; returns the records. Where the
+  stack fails (out of memory, say), each cell is trained alone, resuming
+  from what the stack saved."""
   for _, folder, _ in jobs:
     os.makedirs(folder, exist_ok=True)
   start = time.perf_counter()
   try:
     outcomes = cells_lib.train_and_evaluate([j[2] for j in jobs],
-                                        [j[1] for j in jobs], dataset)
+                                            [j[1] for j in jobs], dataset)
+  except preemption.Preempted as e:
+    # The diverged cells are results; the others resume alone.
+    for (_, folder, config), outcome in zip(
+        jobs, getattr(e, 'outcomes', ())):
+      if outcome is not None:
+        write_record(folder, config, outcome, math.nan, keep_checkpoints)
+    raise
   except Exception as e:  # pylint: disable=broad-except
-    outcomes = [e] * len(jobs)
+    logging.warning('a stack of %d cells failed (%s); training them alone:'
+                    '\n%s', len(jobs), one_line(e),
+                    ''.join(traceback.format_exception(e)))
+    return [train_cell(folder, config, dataset, keep_checkpoints)
+            for _, folder, config in jobs]
   seconds = (time.perf_counter() - start) / len(jobs)
   return [write_record(folder, config, outcome, seconds, keep_checkpoints,
                        stack=len(jobs))

@@ -178,8 +178,10 @@ def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
   evaluate = evaluation.Evaluator(config, model.apply, mean, std, host)
   state, rng = devices.replicate(state), jax_utils.replicate(train_rng)
   outcomes = [None] * len(runs)  # A run's DivergenceError, once it has one.
+  notice = runs[0].preemption
   for epoch in range(1, config.num_epochs + 1):
     start, metrics = time.perf_counter(), StackedMetrics(len(runs))
+    step, end = (epoch - 1) * steps_per_epoch, epoch * steps_per_epoch
     batches = data_lib.train_batches(dataset.train, config.batch_size,
                                      config.seed, epoch, host=host)
     for images, labels in progress.bar(
@@ -188,36 +190,67 @@ def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
         unit='steps'):
       state, step_metrics = p_train_step(state, images, labels, rng)
       metrics.add(step_metrics)
+      step += 1
+      # As train.train_epoch: every step asks, and a notice saves it.
+      if step != end and notice.reached(step):
+        per_cell = metrics.fetch()
+        for k, run, host_state, _ in _checked(runs, state, step, per_cell,
+                                              outcomes):
+          run.checkpointer.save(step, host_state, run.config, per_cell[k])
+        _stop(runs, step, outcomes)
     state = jax.block_until_ready(state)
-    seconds, step = time.perf_counter() - start, epoch * steps_per_epoch
-    stacked, per_cell = devices.unreplicate_to_host(state), metrics.fetch()
-    for k, run in enumerate(runs):
-      if outcomes[k] is not None:
-        continue
-      host_state = jax.tree.map(lambda x, k=k: x[k], stacked)
-      try:
-        measures = train.checked_measures(run, host_state, step, per_cell[k],
-                                          step - steps_per_epoch)
-      except DivergenceError as e:
-        logging.warning('%s: %s', run.workdir, e)
-        outcomes[k] = e
-        continue
-      # Evaluation reads the parameters and batch statistics alone.
-      train.record_epoch(run, writers[k], evaluate,
-                         devices.replicate(host_state.replace(opt_state=None)),
-                         epoch, per_cell[k], measures, seconds,
-                         steps_per_epoch * config.batch_size)
+    seconds, per_cell = time.perf_counter() - start, metrics.fetch()
+    evaluating = (epoch % config.eval_every_epochs == 0
+                  or epoch == config.num_epochs)
+    for k, run, host_state, measures in _checked(runs, state, step, per_cell,
+                                                 outcomes):
+      # Evaluation reads the parameters and batch statistics alone. The
+      # record's seconds and images are the whole stack's.
+      train.record_epoch(
+          run, writers[k], evaluate,
+          devices.replicate(host_state.replace(opt_state=None))
+          if evaluating else None, epoch, per_cell[k], measures, seconds,
+          steps_per_epoch * config.batch_size * len(runs))
       run.checkpointer.save(step, host_state, run.config, {})
     if all(outcomes):
       break
-    if epoch < config.num_epochs and runs[0].preemption.reached(step):
-      for run in runs:
-        run.checkpointer.wait()
-      raise preemption.Preempted(step, runs[0].preemption.name(),
-                                 ', '.join(r.checkpointer.directory
-                                           for r in runs))
+    if epoch < config.num_epochs and notice.reached(step):
+      _stop(runs, step, outcomes)
+  params = devices.unreplicate_to_host(state.params)
   return [outcome or train.finish(run, jax.tree.map(lambda x, k=k: x[k],
-                                                     stacked.params),
-                                  writer.records)
+                                                     params), writer.records)
           for k, (run, writer, outcome) in enumerate(zip(runs, writers,
                                                           outcomes))]
+
+
+def _checked(runs: list, state, step: int, per_cell: list, outcomes: list):
+  """(k, run, its state on the host, its weight measures) of each cell
+  still training whose losses and weights are finite
+  (`train.checked_measures`); a cell that diverged gets its
+  DivergenceError in `outcomes` and trains on unrecorded."""
+  stacked = devices.unreplicate_to_host(state)
+  last = (step - 1) // runs[0].steps_per_epoch * runs[0].steps_per_epoch
+  for k, run in enumerate(runs):
+    if outcomes[k] is not None:
+      continue
+    host_state = jax.tree.map(lambda x, k=k: x[k], stacked)
+    try:
+      measures = train.checked_measures(run, host_state, step, per_cell[k],
+                                        last)
+    except DivergenceError as e:
+      logging.warning('%s: %s', run.workdir, e)
+      outcomes[k] = e
+      continue
+    yield k, run, host_state, measures
+
+
+def _stop(runs: list, step: int, outcomes: list) -> None:
+  """Waits for every cell's checkpoint of `step`, then raises Preempted,
+  carrying `outcomes` (the cells that diverged before)."""
+  for run in runs:
+    run.checkpointer.wait()
+  stopped = preemption.Preempted(
+      step, runs[0].preemption.name(),
+      ', '.join(run.checkpointer.directory for run in runs))
+  stopped.outcomes = outcomes
+  raise stopped

@@ -186,6 +186,9 @@ class Equilibrium:
     (recorded as null) for a group whose kernels are all 0. `inverse`
     (`inverse_denominator`, per-coordinate shrinks only) divides s_t by
     √v̂ + ε."""
+    if self.per_coordinate and inverse is None:
+      raise ValueError('a per-coordinate shrink needs Adam\'s inverse '
+                       'denominator')
     s = self.shrink(step)
     scale = jax.tree.map(lambda m: s * m, self.mask)
     if inverse is not None:

@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks import sweep
 from helpers import read_jsonl
+from l2jax import cells as cells_lib
+from l2jax import preemption
 from sweep_faults_test import base_config, image_folder
 
 # (α, λ) of three cells of one seed; the last diverges (its loss overflows).
@@ -77,5 +79,52 @@ def test_only_fresh_cells_of_one_kind_are_stacked(tmp_path):
   assert names == sorted([[cells()[0].name, cells()[2].name],
                           [cells()[1].name], ['seed1']])
   assert [len(g) for g in sweep.stacks(jobs, 1)] == [1, 1, 1, 1]
+  (started / 'metrics.jsonl').unlink()
+  assert sorted(len(g) for g in sweep.stacks(jobs, 2)) == [1, 1, 2]
   (tmp_path / cells()[0].name / 'checkpoints' / '3').mkdir(parents=True)
-  assert sorted(len(g) for g in sweep.stacks(jobs, 2)) == [1, 1, 1, 1]
+  groups = sweep.stacks(jobs, 2)
+  assert sorted(sorted(job[0] for job in group) for group in groups) == sorted(
+      [[cells()[0].name], [cells()[1].name, cells()[2].name], ['seed1']])
+
+
+def test_cells_of_a_stack_that_fails_train_alone(tmp_path, monkeypatch):
+  """A stack that raises (out of memory, say) trains its cells one after
+  another, each recorded on its own."""
+  def fail(*args):
+    raise RuntimeError('RESOURCE_EXHAUSTED: out of memory')
+  monkeypatch.setattr(cells_lib, 'train_and_evaluate', fail)
+  base = base_config(image_folder(tmp_path / 'data', {'train': 80, 'test': 8}))
+  out = tmp_path / 'out'
+  sweep.run(cells()[:2], base, str(out), sweep.Executor(stack=2))
+  for cell in cells()[:2]:
+    record = json.loads((out / 'cells' / cell.name / sweep.CELL).read_text())
+    assert (record['status'], record['stack']) == ('done', 1), record
+
+
+def test_a_preempted_stack_saves_every_cell_and_they_resume_alone(
+    tmp_path, monkeypatch):
+  """A notice at step 6 (epoch 2 of 4 steps each): the cells still training
+  save step 6 and stop the sweep; the one that diverged in epoch 1 is
+  recorded. The same command then resumes the two alone to the end."""
+  monkeypatch.setattr(preemption.Notice, 'reached',
+                      lambda self, step: step == 6)
+  base = base_config(image_folder(tmp_path / 'data', {'train': 80, 'test': 8}))
+  base.num_epochs = 3
+  out = tmp_path / 'out'
+  with pytest.raises(SystemExit) as stopped:
+    sweep.run(cells(), base, str(out), sweep.Executor(stack=3))
+  assert stopped.value.code == preemption.EXIT_STATUS
+  folders = [out / 'cells' / c.name for c in cells()]
+  for folder in folders[:2]:
+    assert (folder / 'checkpoints' / '6').is_dir()
+    assert [r['epoch'] for r in read_jsonl(folder / 'metrics.jsonl')] == [1]
+    assert not (folder / sweep.CELL).exists()
+  record = json.loads((folders[2] / sweep.CELL).read_text())
+  assert record['status'] == 'diverged'
+  monkeypatch.undo()
+  assert sweep.run(cells(), base, str(out), sweep.Executor(stack=3)) == 2
+  for folder in folders[:2]:
+    record = json.loads((folder / sweep.CELL).read_text())
+    assert (record['status'], record['stack']) == ('done', 1)
+    assert [r['epoch'] for r in read_jsonl(folder / 'metrics.jsonl')] == [
+        1, 2, 3]
