@@ -131,10 +131,11 @@ def train_and_evaluate(configs: Sequence, workdirs: Sequence[str],
   stopped it (the others train on).
 
   The workdirs must be `fresh`: a stack does not resume. Checkpoints are
-  saved at epochs' ends only (`checkpoint_every_steps` does not apply), and
-  a preemption notice stops the stack at the next epoch's end, each run's
-  checkpoint saved: each then resumes alone. A record's `epoch_seconds` is
-  the whole stack's.
+  saved at epochs' ends (`checkpoint_every_steps` does not apply) and, as
+  in a single run, at the step where a preemption notice comes; Preempted
+  then carries the outcomes so far (`outcomes`), and each run resumes
+  alone. A record's `epoch_seconds` and `images_per_second` are the whole
+  stack's.
   """
   with contextlib.ExitStack() as held:
     notice = held.enter_context(preemption.Notice())
