@@ -65,9 +65,9 @@ EXECUTORS = ('inline', 'local', 'slurm')
 # (`release_programs`): a third of Linux's default vm.max_map_count.
 MAX_MAPPINGS = 20_000
 PINS = ('none', 'cores', 'gpus')
-# Stacked cells a job trains at once on an accelerator unless told: 16
-# `cpu_bn` cells stepped 6.5× faster a cell than one at a time on an H200
-# (docs/performance.md). On a CPU stacking does not pay.
+# Stacked cells a job trains at once on an accelerator unless told: the
+# largest K measured, and the fastest a cell, on an H200
+# (docs/performance.md). On a CPU core the stacked step is slower a cell.
 GPU_STACK = 16
 # Config keys that decide what `data.load` returns: cells equal in these
 # share one read of the data.

@@ -12,12 +12,10 @@ updates are those of its own run (tests/cells_test.py). `train_and_evaluate`
 trains K such runs to the end, each writing the outputs of its own run.
 
 Why: on an accelerator, K networks as small as the separability study's
-fill the device where one does not: on one H200, 16 `cpu_bn` cells at once
-step 6.5× faster per cell than one at a time, and a sweep of 16 took 0.53
-of the time end to end. On a 2-core CPU it does not pay: per cell, the
-vmapped step is slower than the cell's own (`benchmarks.cells_per_hour`,
-docs/performance.md), so there the sweeps train cells one after another
-(`benchmarks.sweep.auto_stack`).
+fill the device where one does not; on a CPU core the vmapped step is
+slower per cell than the cell's own, so there the sweeps train cells one
+after another unless told (`benchmarks.sweep.auto_stack`; figures in
+docs/performance.md).
 """
 
 import contextlib
