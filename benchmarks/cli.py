@@ -44,8 +44,9 @@ def define_flags(presets) -> None:
                        lower_bound=0)
   flags.DEFINE_integer('stack', 0,
                        'Fresh cells differing only in lr and λ that a job '
-                       'trains at once as one program; 0: 1 on a CPU (it does '
-                       f'not pay there), {sweep.GPU_STACK} on an accelerator.',
+                       'trains at once as one program; 0: 1 on a CPU, '
+                       f'{sweep.GPU_STACK} on an accelerator '
+                       '(docs/performance.md).',
                        lower_bound=0)
   flags.DEFINE_string('slurm_partition', None, 'slurm: the partition.')
   flags.DEFINE_integer('slurm_minutes', 24 * 60, 'slurm: time limit a job.')

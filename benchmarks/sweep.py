@@ -25,8 +25,8 @@ one `l2jax.train.train_and_evaluate` call, the training code of
 
 Each job trains its cells one after another or, with `stack` = K > 1, up
 to K fresh cells that differ only in α and λ at once, as one program
-(`l2jax.cells.train_and_evaluate`; `stacks`): that pays on a GPU, not on a
-CPU (docs/performance.md). A cell killed midway resumes from its own
+(`l2jax.cells.train_and_evaluate`; `stacks`): that pays on a GPU; on a CPU
+core the stacked step is slower a cell (docs/performance.md). A cell killed midway resumes from its own
 checkpoints on the next call, alone. Flag-free, so that every script can
 import it and define its own flags.
 """
