@@ -67,15 +67,27 @@ import optax
 from l2jax import regularization
 
 
-def angular_update(old, new) -> jax.Array:
+def sum_of_squares(x) -> jax.Array:
+  """Σ x² over every element of `x`, as the dot product of x with itself:
+  XLA's CPU backend runs that at memory speed, a sum of squares at about
+  half of it (docs/performance.md). Full float32 precision on every backend
+  (a GPU's default would round the products to TF32)."""
+  x = x.reshape(-1)
+  return jnp.dot(x, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def angular_update(old, new, squares=None) -> jax.Array:
   """∠(old, new) = arccos(⟨old, new⟩ / (‖old‖ ‖new‖)) over all the leaves
   of two like pytrees, as 2 arcsin(‖new/‖new‖ − old/‖old‖‖ / 2), which
-  keeps its precision for small angles; nan when either norm is 0."""
+  keeps its precision for small angles; nan when either norm is 0.
+  `squares`: (‖old‖², ‖new‖²), where the caller has them already."""
   old_leaves, new_leaves = jax.tree.leaves(old), jax.tree.leaves(new)
-  norm = lambda leaves: jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
-  old_norm, new_norm = norm(old_leaves), norm(new_leaves)
-  chord = norm([n / new_norm - o / old_norm
-                for o, n in zip(old_leaves, new_leaves)])
+  total = lambda leaves: sum(sum_of_squares(x) for x in leaves)
+  if squares is None:
+    squares = total(old_leaves), total(new_leaves)
+  old_norm, new_norm = (jnp.sqrt(s) for s in squares)
+  chord = jnp.sqrt(total([n / new_norm - o / old_norm
+                          for o, n in zip(old_leaves, new_leaves)]))
   return 2 * jnp.arcsin(jnp.minimum(chord / 2, 1.0))
 
 
@@ -163,15 +175,22 @@ class Equilibrium:
   b2: float = 0.999
   weight: float = 0.0
 
-  def _weighted(self, params, per_coordinate) -> dict:
+  def _weighted(self, params, per_coordinate, squares=None) -> dict:
     """{group: the ‖w‖²-weighted mean of `per_coordinate` (a tree like
-    params) over its kernels}; nan for a group whose kernels are all 0."""
+    params, a leaf of it an array or one value for the whole kernel) over
+    its kernels}; nan for a group whose kernels are all 0. `squares`:
+    {path: ‖w‖²} of the kernels, where the caller has them already."""
     values = _with_paths(per_coordinate)
     result = {}
     for group, kernels in group_kernels(params).items():
-      squares = {p: jnp.square(w) for p, w in kernels.items()}
-      result[group] = sum(jnp.sum(values[p] * w2) for p, w2 in squares.items()
-                          ) / sum(jnp.sum(w2) for w2 in squares.values())
+      norms = {p: squares[p] if squares else sum_of_squares(w)
+               for p, w in kernels.items()}
+      # A value per kernel weighs by its ‖w‖²; a value per coordinate
+      # needs a pass over the kernel.
+      weighted = [values[p] * norms[p] if jnp.ndim(values[p]) == 0
+                  else jnp.sum(values[p] * jnp.square(w))
+                  for p, w in kernels.items()]
+      result[group] = sum(weighted) / sum(norms.values())
     return result
 
   def inverse_denominator(self, opt_state):
@@ -181,11 +200,11 @@ class Equilibrium:
     return jax.tree.map(lambda v: 1 / (jnp.sqrt(v / correction) + self.eps),
                         nu)
 
-  def group_shrink(self, step, params, inverse=None) -> dict:
+  def group_shrink(self, step, params, inverse=None, squares=None) -> dict:
     """{group: s_t}, the ‖w‖²-weighted mean of its kernels' shrinks; nan
     (recorded as null) for a group whose kernels are all 0. `inverse`
     (`inverse_denominator`, per-coordinate shrinks only) divides s_t by
-    √v̂ + ε."""
+    √v̂ + ε. `squares`: as `_weighted`'s."""
     if self.per_coordinate and inverse is None:
       raise ValueError('a per-coordinate shrink needs Adam\'s inverse '
                        'denominator')
@@ -193,9 +212,9 @@ class Equilibrium:
     scale = jax.tree.map(lambda m: s * m, self.mask)
     if inverse is not None:
       scale = jax.tree.map(jnp.multiply, scale, inverse)
-    return self._weighted(params, scale)
+    return self._weighted(params, scale, squares)
 
-  def decay_share(self, params, inverse) -> dict:
+  def decay_share(self, params, inverse, squares=None) -> dict:
     """Coupled Adam: {group: the ‖w‖²-weighted mean of λ|w_i|/(√v̂_i + ε)},
     how much of Adam's denominator the decay makes up (v̂ is the EMA of
     (g + λw)²; `inverse`: `inverse_denominator`). Near 0 the data gradient
@@ -206,7 +225,7 @@ class Equilibrium:
     share = jax.tree.map(
         lambda m, w, d: self.weight * m * jnp.abs(w) * d, self.mask, params,
         inverse)
-    return self._weighted(params, share)
+    return self._weighted(params, share, squares)
 
   def measures(self, step, old_params, new_params, opt_state) -> dict:
     """Per kernel group: the step's Δθ (`angular_update/<group>`), the
@@ -214,16 +233,23 @@ class Equilibrium:
     (`angular_update_equilibrium/<group>`) and, under coupled Adam, the
     decay's share of the denominator (`decay_share/<group>`)."""
     old, new = group_kernels(old_params), group_kernels(new_params)
+    # Each kernel's ‖w‖², before and after the step, computed once: the
+    # shrink's weights and the angle's norms. (The seed network's Dense
+    # kernel holds 8.4M weights; every pass over it costs a few ms.)
+    squares = [{p: sum_of_squares(w) for p, w in _with_paths(params).items()
+                if p.rsplit('/', 1)[-1] == 'kernel'}
+               for params in (old_params, new_params)]
     inverse = (self.inverse_denominator(opt_state) if self.per_coordinate
                else None)
-    shrink = self.group_shrink(step, old_params, inverse)
+    shrink = self.group_shrink(step, old_params, inverse, squares[0])
     result = {}
     if self.per_coordinate:
       result = {f'decay_share/{group}': share for group, share in
-                self.decay_share(old_params, inverse).items()}
+                self.decay_share(old_params, inverse, squares[0]).items()}
     for group in old:
-      result[f'angular_update/{group}'] = angular_update(old[group],
-                                                         new[group])
+      result[f'angular_update/{group}'] = angular_update(
+          old[group], new[group],
+          tuple(sum(s[p] for p in old[group]) for s in squares))
       result[f'shrink/{group}'] = shrink[group]
       result[f'angular_update_equilibrium/{group}'] = equilibrium_angle(
           shrink[group], self.filter)

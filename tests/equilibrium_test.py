@@ -173,3 +173,43 @@ def test_the_decay_share_of_adams_denominator_by_hand():
       per_coordinate=True, weight=0.01)
   plain = dataclasses.replace(rotation, per_coordinate=False)
   assert 'decay_share/Conv_0' not in plain.measures(0, params, params, state)
+
+
+def test_a_groups_measures_against_numpy():
+  """One step of a two-kernel group, L2 on one kernel only: Δθ over both
+  kernels, the shrink as the ‖w‖²-weighted mean of s and 0, and Δθ* of
+  that shrink, each against NumPy in float64; a lone kernel's group too."""
+  rng = np.random.default_rng(3)
+  old = {'Block_0': {'Conv_0': {'kernel': rng.normal(size=(3, 3, 4, 8))},
+                     'Conv_1': {'kernel': 2 * rng.normal(size=(3, 3, 8, 8)),
+                                'bias': rng.normal(size=8)}},
+         'Dense_0': {'kernel': rng.normal(size=(16, 10))}}
+  new = jax.tree.map(lambda w: 0.99 * w + 0.01 * rng.normal(size=w.shape),
+                     old)
+  mask = {'Block_0': {'Conv_0': {'kernel': True},
+                      'Conv_1': {'kernel': False, 'bias': False}},
+          'Dense_0': {'kernel': True}}
+  s, f = 3e-3, equilibrium.Filter(0.0, 1.0, 0.9)
+  rotation = equilibrium.Equilibrium(f, lambda step: jnp.float32(s), mask)
+  as32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
+  got = jax.jit(rotation.measures)(0, as32(old), as32(new), None)
+
+  def angle(a, b):
+    a, b = (np.concatenate([x.ravel() for x in xs]) for xs in (a, b))
+    return np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b),
+                             -1, 1))
+
+  block = [old['Block_0'][c]['kernel'] for c in ('Conv_0', 'Conv_1')]
+  moved = [new['Block_0'][c]['kernel'] for c in ('Conv_0', 'Conv_1')]
+  squares = [np.sum(w ** 2) for w in block]
+  want_shrink = s * squares[0] / sum(squares)
+  want = {'Block_0': (angle(block, moved), want_shrink),
+          'Dense_0': (angle([old['Dense_0']['kernel']],
+                            [new['Dense_0']['kernel']]), s)}
+  for group, (delta, shrink) in want.items():
+    assert float(got[f'angular_update/{group}']) == pytest.approx(
+        delta, rel=1e-4)
+    assert float(got[f'shrink/{group}']) == pytest.approx(shrink, rel=1e-5)
+    assert float(got[f'angular_update_equilibrium/{group}']) == (
+        pytest.approx(float(equilibrium.equilibrium_angle(shrink, f)),
+                      rel=1e-4))
