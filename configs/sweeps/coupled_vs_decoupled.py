@@ -204,7 +204,7 @@ def get_config(preset: str = 'smoke'):
                    '~2.6 h wall two at a time on 2 cores',
       'cpu_bn': '79.5 min wall two at a time on 2 cores '
                 '(231 cells after widening)',
-      'cpu_bn_half': '8 min wall two at a time on 2 cores (30 cells)',
+      'cpu_bn_half': '4.4 min wall two at a time on 2 cores (30 cells)',
       'cpu_bn_double': '22 min wall two at a time on 2 cores '
                        '(36 cells after widening)',
       'cpu_bn_constant': '21 min wall two at a time on 2 cores '
