@@ -19,6 +19,7 @@ docs/performance.md).
 """
 
 import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -35,6 +36,7 @@ from l2jax import devices
 from l2jax import evaluation
 from l2jax import events as events_lib
 from l2jax import models
+from l2jax import optim
 from l2jax import outputs
 from l2jax import preemption
 from l2jax import progress
@@ -147,12 +149,17 @@ def train_and_evaluate(configs: Sequence, workdirs: Sequence[str],
     hyper = hyperparameters(configs, steps_per_epoch)
     model = models.from_config(configs[0], dataset.num_classes)
     init_rng, train_rng = jax.random.split(jax.random.key(configs[0].seed))
-    inits = [train.initialize(c, model, dataset.image_shape, steps_per_epoch,
-                              init_rng) for c in configs]
-    structure = train.structure(model, inits[0][0], dataset, inits[0][2])
+    # One initialization: the cells share it, and their penalties differ
+    # in λ alone (`STACKED`).
+    state, _, shared = train.initialize(configs[0], model, dataset.image_shape,
+                                        steps_per_epoch, init_rng)
+    structure = train.structure(model, state, dataset, shared)
     runs = []
-    for config, workdir, (_, learning_rate, penalties) in zip(
-        configs, workdirs, inits):
+    for config, workdir in zip(configs, workdirs):
+      penalties = dataclasses.replace(
+          shared, l2_weight=optim.l2_weight(config, steps_per_epoch))
+      _, learning_rate = optim.make_optimizer(config, penalties,
+                                              steps_per_epoch)
       ckpt = held.enter_context(checkpoints.Checkpointer(
           workdir, config.checkpoints_to_keep))
       events = held.enter_context(events_lib.EventWriter(
@@ -160,8 +167,7 @@ def train_and_evaluate(configs: Sequence, workdirs: Sequence[str],
       runs.append(train.Run(config, workdir, dataset, steps_per_epoch,
                             learning_rate, penalties, ckpt, host, structure,
                             events, notice))
-    return _train(runs, model, stack(inits[0][0], len(configs)), hyper,
-                  train_rng)
+    return _train(runs, model, stack(state, len(configs)), hyper, train_rng)
 
 
 def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
