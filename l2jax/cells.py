@@ -9,7 +9,8 @@ of the run's initial state on a leading axis; `pmap_train_step` is
 arrays of K values), with the batch and keys shared. The step builds each
 cell's optimizer and rotation measures from its own α and λ, so each cell's
 updates are those of its own run (tests/cells_test.py). `train_and_evaluate`
-trains K such runs to the end, each writing the outputs of its own run.
+trains K such runs to the end, each writing the outputs of its own run; it
+evaluates them in one pass too (`evaluation.stacked_apply`).
 
 Why: on an accelerator, K networks as small as the separability study's
 fill the device where one does not; on a CPU core the vmapped step is
@@ -180,7 +181,9 @@ def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
   p_train_step = progress.first_call_timed(
       lambda *args: step_fn(*args, hyper, (mean, std)),
       f'the training step of {len(runs)} cells')
-  evaluate = evaluation.Evaluator(config, model.apply, mean, std, host)
+  # One evaluation pass for the whole stack.
+  evaluate = evaluation.Evaluator(config, evaluation.stacked_apply(model.apply),
+                                  mean, std, host)
   state, rng = devices.replicate(state), jax_utils.replicate(train_rng)
   outcomes = [None] * len(runs)  # A run's DivergenceError, once it has one.
   notice = runs[0].preemption
@@ -205,16 +208,16 @@ def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
         _stop(runs, step, outcomes)
     state = jax.block_until_ready(state)
     seconds, per_cell = time.perf_counter() - start, metrics.fetch()
-    evaluating = (epoch % config.eval_every_epochs == 0
-                  or epoch == config.num_epochs)
+    evaluations = None
+    if epoch % config.eval_every_epochs == 0 or epoch == config.num_epochs:
+      evaluations = evaluate(state, {'val': dataset.validation,
+                                     'test': dataset.test})
     for k, run, host_state, measures in _checked(runs, state, step, per_cell,
                                                  outcomes):
-      # Evaluation reads the parameters and batch statistics alone. The
-      # record's seconds and images are the whole stack's.
+      # The record's seconds and images are the whole stack's.
       train.record_epoch(
-          run, writers[k], evaluate,
-          devices.replicate(host_state.replace(opt_state=None))
-          if evaluating else None, epoch, per_cell[k], measures, seconds,
+          run, writers[k], lambda *_, k=k: _cell(evaluations, k), None,
+          epoch, per_cell[k], measures, seconds,
           steps_per_epoch * config.batch_size * len(runs))
       run.checkpointer.save(step, host_state, run.config, {})
     if all(outcomes):
@@ -226,6 +229,13 @@ def _train(runs: list, model, state, hyper: dict, train_rng) -> list:
                                                      params), writer.records)
           for k, (run, writer, outcome) in enumerate(zip(runs, writers,
                                                           outcomes))]
+
+
+def _cell(evaluations: dict, k: int) -> dict:
+  """Cell k's values of a stacked evaluation (a split's nan, where it is
+  empty, is every cell's)."""
+  return {name: v[k] if isinstance(v, list) else v
+          for name, v in evaluations.items()}
 
 
 def _checked(runs: list, state, step: int, per_cell: list, outcomes: list):

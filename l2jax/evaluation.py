@@ -16,12 +16,26 @@ NOISE_STREAM = 1  # Folded into the seed's key: the evaluation noise.
 
 
 def eval_sums(logits, labels, weights) -> dict:
-  """Sums of loss, correct predictions and examples over all devices."""
+  """Sums of loss, correct predictions and examples over all devices.
+
+  logits: (b, classes), or (K, b, classes) for K stacked cells
+  (`stacked_apply`), whose sums then have shape (K,).
+  """
+  labels = jnp.broadcast_to(labels, logits.shape[:-1])
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = jnp.argmax(logits, -1) == labels
-  sums = {'loss': jnp.sum(loss * weights), 'correct': jnp.sum(correct * weights),
-          'count': jnp.sum(weights)}
+  sums = {'loss': jnp.sum(loss * weights, -1),
+          'correct': jnp.sum(correct * weights, -1),
+          'count': jnp.sum(jnp.broadcast_to(weights, labels.shape), -1)}
   return jax.lax.psum(sums, devices.AXIS)
+
+
+def stacked_apply(apply_fn):
+  """`apply_fn` over variables with a leading axis of K cells
+  (`l2jax.cells`), each applied to the same images: (K, b, classes) logits,
+  so that one evaluation pass serves the whole stack."""
+  return lambda variables, x, **kwargs: jax.vmap(
+      lambda v: apply_fn(v, x, **kwargs))(variables)
 
 
 def eval_step(variables, images, labels, weights, stats, *, apply_fn):
@@ -60,7 +74,8 @@ def evaluate(p_eval_step, variables, split, batch_size: int,
              host: devices.Host = devices.Host(), sigma=None) -> dict:
   """Loss and accuracy on `split`; with `sigma`, `p_eval_step` is a pmapped
   `noisy_eval_step` and the images carry noise of that σ. Both are nan
-  (recorded as null) for an empty split."""
+  (recorded as null) for an empty split. Each is a float, or a list of K
+  floats for stacked cells (`stacked_apply`)."""
   if not len(split):
     return {'loss': float('nan'), 'accuracy': float('nan')}
   sums = []
@@ -71,10 +86,10 @@ def evaluate(p_eval_step, variables, split, batch_size: int,
       batch += (np.full(n, sigma, np.float32),
                 np.full(n, number * batch_size, np.int32))
     sums.append(p_eval_step(variables, *batch))
-  sums = jax.tree_util.tree_map(lambda *x: np.sum(x), *[
+  sums = jax.tree_util.tree_map(lambda *x: np.sum(x, axis=0), *[
       devices.unreplicate_to_host(s) for s in sums])
-  return {'loss': float(sums['loss'] / sums['count']),
-          'accuracy': float(sums['correct'] / sums['count'])}
+  return {'loss': (sums['loss'] / sums['count']).tolist(),
+          'accuracy': (sums['correct'] / sums['count']).tolist()}
 
 
 class Evaluator:
@@ -82,9 +97,10 @@ class Evaluator:
 
   Builds the pmapped steps once; `__call__(state, splits)` returns
   {'<split>_loss', '<split>_accuracy', 'test_accuracy_noise<σ>'} with the
-  same noise in every call. The channel statistics and the noise key are
-  the steps' arguments, not constants in them, so runs of other seeds
-  share the compiled steps.
+  same noise in every call (lists of K values where `apply_fn` is
+  `stacked_apply`'s). The channel statistics and the noise key are the
+  steps' arguments, not constants in them, so runs of other seeds share the
+  compiled steps.
   """
 
   def __init__(self, config, apply_fn, mean, std, host: devices.Host):

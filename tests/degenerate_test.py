@@ -107,6 +107,7 @@ def test_rotation_of_a_zero_kernel_group_is_nan():
   assert math.isnan(rotation.group_shrink(0, zero, None)['Conv_0'])
   measures = rotation.measures(0, zero, zero, None)
   assert math.isnan(measures['angular_update/Conv_0'])
+  assert math.isnan(measures['shrink/Conv_0'])
 
 
 def test_a_sweep_row_reads_null_timings_as_nan(tmp_path):

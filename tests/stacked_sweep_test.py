@@ -27,7 +27,7 @@ def sweeps(tmp_path_factory):
   """The same cells one after another and stacked: {stack: OUT}."""
   root = tmp_path_factory.mktemp('stacked')
   base = base_config(image_folder(root / 'data', {'train': 80, 'test': 8}))
-  base.num_epochs = 2
+  base.num_epochs, base.noise_sigmas = 2, (0.1,)  # The noisy pass too.
   outs = {}
   for stack in (1, 3):
     outs[stack] = root / f'stack{stack}'
@@ -44,7 +44,8 @@ def test_each_stacked_cell_writes_the_numbers_of_its_own_run(sweeps):
       for key in ('train_loss', 'weight_norm', 'val_loss', 'test_loss',
                   'learning_rate', 'angular_update/Conv_0'):
         assert s[key] == pytest.approx(a[key], rel=1e-4), key
-      for key in ('val_accuracy', 'test_accuracy', 'scale_invariant_share'):
+      for key in ('val_accuracy', 'test_accuracy', 'test_accuracy_noise0.1',
+                  'scale_invariant_share'):
         assert s[key] == a[key], key
     record = json.loads((sweeps[3] / 'cells' / cell.name /
                          sweep.CELL).read_text())
