@@ -18,6 +18,8 @@ def split(n):
 dataset = data_lib.Dataset(split(2000), split(5000), split(10000), 10)
 data_lib.load = lambda config: dataset
 epochs = int(sys.argv[1]); out = sys.argv[2]
+# The order of the runs: `stack` values, comma-separated (default 16,1).
+order = [int(k) for k in (sys.argv[3] if len(sys.argv) > 3 else '16,1').split(',')]
 base = cifar.get_config()
 base.update(model='allconv_bn', batch_size=32, num_epochs=epochs, augment=False,
             noise_sigmas=(), checkpoint_every_steps=0, optimizer='sgd',
@@ -29,13 +31,13 @@ for lr in (0.001, 0.003, 0.01, 0.03):
     c = sweep.cell_config(base, sweep.Cell('x', {'learning_rate': lr, 'l2.weight': w}, {}))
     jobs.append((f'lr{lr}_l{w}', None, c))
 result = {'device': str(jax.devices()[0].device_kind), 'epochs': epochs, 'cells': len(jobs)}
-for stack in (16, 1):
-  folder = f'/tmp/e2e/stack{stack}'
+for i, stack in enumerate(order):
+  folder = f'/tmp/e2e/stack{stack}_{i}'
   shutil.rmtree(folder, ignore_errors=True)
   these = [(n, f'{folder}/{n}', c) for n, _, c in jobs]
   start = time.perf_counter()
   sweep.train_cells(these, stack=stack)
-  result[f'stack{stack}_s'] = time.perf_counter() - start
-  result[f'stack{stack}_val'] = [json.load(open(f'{f}/summary.json'))['final']['val_accuracy'] for _, f, _ in these]
+  result[f'run{i}_stack{stack}_s'] = time.perf_counter() - start
+  result[f'run{i}_stack{stack}_val'] = [json.load(open(f'{f}/summary.json'))['final']['val_accuracy'] for _, f, _ in these]
   print(json.dumps(result), flush=True)
   json.dump(result, open(os.path.join(out, 'e2e.json'), 'w'), indent=1)
