@@ -236,9 +236,8 @@ class Equilibrium:
     # Each kernel's ‖w‖², before and after the step, computed once: the
     # shrink's weights and the angle's norms. (The seed network's Dense
     # kernel holds 8.4M weights; every pass over it costs a few ms.)
-    squares = [{p: sum_of_squares(w) for p, w in _with_paths(params).items()
-                if p.rsplit('/', 1)[-1] == 'kernel'}
-               for params in (old_params, new_params)]
+    squares = [{p: sum_of_squares(w) for kernels in groups.values()
+                for p, w in kernels.items()} for groups in (old, new)]
     inverse = (self.inverse_denominator(opt_state) if self.per_coordinate
                else None)
     shrink = self.group_shrink(step, old_params, inverse, squares[0])
