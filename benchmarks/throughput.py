@@ -12,7 +12,7 @@ column's first call (which compiles), `--rounds` rounds of a block of
 `--steps` calls of each column, the order alternating from round to round,
 each call ended by `jax.block_until_ready`. On a shared machine the load
 changes within a run; interleaved, both columns see the same load, so the
-figure is each round's ratio of medians, reported as its median over the
+figure is each round's ratio of mean step times, reported as its median over the
 rounds with their min–max. Each step's CPU time (the process's, all
 threads) is reported beside its wall time. `--threads=N` pins the process
 to N cores, and with it JAX's thread pool and PyTorch's thread count. A
@@ -75,6 +75,9 @@ flags.DEFINE_integer('threads', 0,
                      'Cores to run on (the first of this process\'s '
                      'affinity), which sets both JAX\'s and PyTorch\'s thread '
                      'counts; 0: all.')
+flags.DEFINE_integer('rotation_every_steps', None,
+                     'Rotation measures in every N-th step '
+                     '(config.rotation_every_steps); default: the config\'s.')
 flags.DEFINE_bool('configure_cpu', True,
                   'Apply l2jax.cpu.configure() first, as l2jax.main does; '
                   'with --noconfigure_cpu both columns run without it.')
@@ -167,6 +170,8 @@ def make_config():
   config.model, config.batch_size = FLAGS.model, FLAGS.batch_size
   config.batch_norm, config.augment = FLAGS.batch_norm, FLAGS.augment
   config.layers = FLAGS.layers
+  if FLAGS.rotation_every_steps is not None:
+    config.rotation_every_steps = FLAGS.rotation_every_steps
   return config
 
 
@@ -204,20 +209,23 @@ def measure(config, run_torch: bool, rounds: int, steps: int,
 
 
 def summary(measurement: dict) -> dict:
-  """Medians over all timed calls, per round, and the rounds' ratios."""
+  """Mean step times over all timed calls and per round, and the rounds'
+  ratios. Means, not medians: a step that measures rotation
+  (`config.rotation_every_steps`) is slower than the others, and
+  throughput counts it."""
   columns = measurement['columns']
+  mean = lambda blocks: statistics.fmean(t for block in blocks for t in block)
   out = {name: {
-      'median_s': statistics.median(t for block in c['rounds'] for t in block),
+      'mean_s': mean(c['rounds']),
       'min_s': min(min(block) for block in c['rounds']),
       'max_s': max(max(block) for block in c['rounds']),
-      'round_medians_s': [statistics.median(block) for block in c['rounds']],
-      'cpu_median_s': statistics.median(
-          t for block in c['cpu_rounds'] for t in block),
-      'cpu_round_medians_s': [statistics.median(block)
-                              for block in c['cpu_rounds']],
+      'round_means_s': [statistics.fmean(block) for block in c['rounds']],
+      'cpu_mean_s': mean(c['cpu_rounds']),
+      'cpu_round_means_s': [statistics.fmean(block)
+                            for block in c['cpu_rounds']],
   } for name, c in columns.items()}
   if 'PyTorch' in out:
-    for prefix, key in (('', 'round_medians_s'), ('cpu_', 'cpu_round_medians_s')):
+    for prefix, key in (('', 'round_means_s'), ('cpu_', 'cpu_round_means_s')):
       ratios = [t / j for j, t in zip(out['l2jax'][key], out['PyTorch'][key])]
       out[prefix + 'ratios'] = ratios
       out[prefix + 'ratio'] = statistics.median(ratios)
@@ -239,16 +247,16 @@ def details(config, m: dict) -> list:
       'parameters': lambda n: f'{m["columns"][n]["parameters"]:,}',
       'first step (l2jax: compile) [s]':
           lambda n: f'{m["columns"][n]["first_s"]:.2f}',
-      'median step [ms] (min–max)': lambda n: (
-          f'{1e3 * s[n]["median_s"]:.1f} ({1e3 * s[n]["min_s"]:.0f}–'
+      'mean step [ms] (min–max)': lambda n: (
+          f'{1e3 * s[n]["mean_s"]:.1f} ({1e3 * s[n]["min_s"]:.0f}–'
           f'{1e3 * s[n]["max_s"]:.0f})'),
-      'median step CPU time, all threads [ms]':
-          lambda n: f'{1e3 * s[n]["cpu_median_s"]:.1f}',
-      'images/s': lambda n: f'{config.batch_size / s[n]["median_s"]:.1f}',
+      'mean step CPU time, all threads [ms]':
+          lambda n: f'{1e3 * s[n]["cpu_mean_s"]:.1f}',
+      'images/s': lambda n: f'{config.batch_size / s[n]["mean_s"]:.1f}',
       'GFLOP/s (nominal FLOPs)':
-          lambda n: f'{flops / s[n]["median_s"] / 1e9:.2f}',
+          lambda n: f'{flops / s[n]["mean_s"] / 1e9:.2f}',
       'fraction of matmul GFLOP/s (nominal FLOPs)':
-          lambda n: f'{flops / s[n]["median_s"] / 1e9 / matmul:.1%}',
+          lambda n: f'{flops / s[n]["mean_s"] / 1e9 / matmul:.1%}',
       'RSS before [MiB]': lambda n: f'{m["columns"][n]["rss_before_mib"]:.0f}',
       'peak RSS during [MiB]':
           lambda n: f'{m["columns"][n]["peak_rss_mib"]:.0f}',
@@ -263,11 +271,11 @@ def details(config, m: dict) -> list:
   lines += [f'| {row} | ' + ' | '.join(cell(n) for n in names) + ' |'
             for row, cell in rows.items()]
   lines += ['', '| round | matmul GFLOP/s | '
-            + ' | '.join(f'{n} median [ms]' for n in names)
+            + ' | '.join(f'{n} mean [ms]' for n in names)
             + (' | ratio | CPU-time ratio |' if 'ratio' in s else ''),
             '|---' * (len(names) + 2 + 2 * ('ratio' in s)) + '|']
   for r, gflops in enumerate(m['matmul_gflops']):
-    cells = [f'{1e3 * s[n]["round_medians_s"][r]:.1f}' for n in names]
+    cells = [f'{1e3 * s[n]["round_means_s"][r]:.1f}' for n in names]
     if 'ratio' in s:
       cells += [f'{s["ratios"][r]:.2f}', f'{s["cpu_ratios"][r]:.2f}']
     lines.append(f'| {r + 1} | {gflops:.0f} | ' + ' | '.join(cells) + ' |')
@@ -296,12 +304,16 @@ def report(config, measurements: list) -> str:
       f'{config.batch_size} of {IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, '
       f'augment {config.augment}; '
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
-      f'λ={config.l2.weight}',
+      f'λ={config.l2.weight}; rotation measures '
+      + (f'in every {config.rotation_every_steps}-th step of an epoch'
+         if config.rotation_every_steps > 1 else
+         'in every step' if config.rotation_every_steps else 'off')
+      + ' (config.rotation_every_steps)',
       f'- Timing: each column\'s first step apart, then {first["rounds"]} '
       f'rounds of {first["steps"]} steps of each column, interleaved (the '
-      'order alternating between rounds); medians over all timed steps and '
-      'per round; the ratio is the median over the rounds of each round\'s '
-      'ratio of medians',
+      'order alternating between rounds); mean step times over all timed '
+      'steps and per round (a step that measures rotation counts); the ratio '
+      'is the median over the rounds of each round\'s ratio of means',
       f'- FLOPs: XLA cost analysis of the compiled step with XLA\'s own '
       f'layers (--layers=flax, direct convolutions), '
       f'{first["nominal_flops"] / 1e9:.4g} GFLOP a step, used for both '
@@ -318,12 +330,12 @@ def report(config, measurements: list) -> str:
               'images/s | PyTorch images/s | ratio (min–max over rounds) |',
               '|---|---|---|---|---|---|']
     for i, (m, s) in enumerate(zip(measurements, summaries)):
-      torch_ips = (f'{config.batch_size / s["PyTorch"]["median_s"]:.1f}'
+      torch_ips = (f'{config.batch_size / s["PyTorch"]["mean_s"]:.1f}'
                    if 'PyTorch' in s else '–')
       lines.append(
           f'| {i + 1} | {m["load_before"]:.2f}–{m["load_after"]:.2f} | '
           f'{statistics.median(m["matmul_gflops"]):.0f} | '
-          f'{config.batch_size / s["l2jax"]["median_s"]:.1f} | {torch_ips} | '
+          f'{config.batch_size / s["l2jax"]["mean_s"]:.1f} | {torch_ips} | '
           f'{_ratio_text(s) if "ratio" in s else "–"} |')
     if all('ratio' in s for s in summaries):
       held = sum(s['ratio'] >= GOAL for s in summaries)
@@ -345,6 +357,7 @@ def invoke(index: int, folder: str, run_torch: bool) -> dict:
           f'--rounds={FLAGS.rounds}', f'--steps={FLAGS.steps}',
           f'--layers={FLAGS.layers}', f'--threads={FLAGS.threads}',
           f'--json={path}',
+          f'--rotation_every_steps={make_config().rotation_every_steps}',
           *[f'--{"" if FLAGS[f].value else "no"}{f}'
             for f in ('batch_norm', 'augment', 'configure_cpu')],
           '--torch' if run_torch else '--notorch']

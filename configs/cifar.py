@@ -75,4 +75,10 @@ def get_config():
   config.checkpoints_to_keep = 3
   # TensorBoard: the loss of every N-th step, beside the per-epoch numbers.
   config.log_every_steps = 50
+  # Each kernel group's rotation Δθ, shrink s_t and Δθ* (l2jax.equilibrium)
+  # in every N-th step of an epoch (its first, N+1-th, ...); the epoch
+  # records their means over those steps. 1: every step (the separability
+  # study's presets); 0: not measured. Measuring every step costs the seed
+  # network's step about 11 % (docs/performance.md).
+  config.rotation_every_steps = 10
   return config

@@ -32,7 +32,8 @@ STATE = 'state'
 # how often to evaluate or save; nothing that changes the trained weights.
 MAY_CHANGE_ON_RESUME = frozenset({
     'data_dir', 'manual_dir', 'eval_batch_size', 'eval_every_epochs',
-    'checkpoints_to_keep', 'checkpoint_every_steps', 'log_every_steps'})
+    'checkpoints_to_keep', 'checkpoint_every_steps', 'log_every_steps',
+    'rotation_every_steps'})
 
 
 class Checkpointer:

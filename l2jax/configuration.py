@@ -24,7 +24,7 @@ KEYS = {
          'step_decay',
          'batch_size', 'eval_batch_size', 'num_epochs', 'eval_every_epochs',
          'noise_sigmas', 'seed', 'checkpoint_every_steps',
-         'checkpoints_to_keep', 'log_every_steps'),
+         'checkpoints_to_keep', 'log_every_steps', 'rotation_every_steps'),
     'adam': ('b1', 'b2', 'eps'),
     'l2': ('mode', 'weight', 'mask', 'normalized', 'schedule'),
     'l1': ('weight', 'mask'),
@@ -34,7 +34,7 @@ KEYS = {
 # Keys added after runs were recorded, with the value that reproduces those
 # runs: a recorded config without one (a checkpoint's, a sweep cell's) ran
 # with this value, so resuming or reusing it stays allowed.
-ADDED = {'lr_floor': 0.0}
+ADDED = {'lr_floor': 0.0, 'rotation_every_steps': 1}
 # The step counter is int32 (flax's TrainState, optax's schedules).
 MAX_STEPS = 2**31 - 1
 
@@ -199,6 +199,7 @@ def _run(config, num_devices: int) -> None:
   _number(config, 'checkpoints_to_keep', low=1, integer=True)
   _number(config, 'checkpoint_every_steps', low=0, integer=True)
   _number(config, 'log_every_steps', low=1, integer=True)
+  _number(config, 'rotation_every_steps', low=0, integer=True)
   for name in ('batch_size', 'eval_batch_size'):
     _number(config, name, low=1, integer=True)
     _require(config[name] % num_devices == 0,

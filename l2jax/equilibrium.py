@@ -158,6 +158,11 @@ def _adam_nu(opt_state):
   return states[0].nu, states[0].count
 
 
+# The names of `Equilibrium.measures`' metrics (each `<name>/<group>`).
+MEASURES = ('angular_update', 'shrink', 'angular_update_equilibrium',
+            'decay_share')
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Equilibrium:
   """What a run's step measures of rotation (`measures`), built inside the
@@ -166,6 +171,8 @@ class Equilibrium:
   shrink: step -> the shrink s_t of a decayed weight (for Adam's coupled
   decay, before the division by √v̂ + ε, which `per_coordinate` asks for).
   weight: λ, for the decay's share of Adam's denominator (`per_coordinate`).
+  every, epoch_steps: `sampled_measures` measures every `every`-th step of
+  each epoch of `epoch_steps` steps.
   """
   filter: Filter
   shrink: Callable[[jax.Array], jax.Array]
@@ -174,6 +181,8 @@ class Equilibrium:
   eps: float = 1e-8
   b2: float = 0.999
   weight: float = 0.0
+  every: int = 1
+  epoch_steps: int = 1
 
   def _weighted(self, params, per_coordinate, squares=None) -> dict:
     """{group: the ‖w‖²-weighted mean of `per_coordinate` (a tree like
@@ -253,6 +262,22 @@ class Equilibrium:
       result[f'angular_update_equilibrium/{group}'] = equilibrium_angle(
           shrink[group], self.filter)
     return result
+
+  def sampled_measures(self, step, old_params, new_params, opt_state) -> dict:
+    """`measures` of every `every`-th step of each epoch (its steps 0, every,
+    2·every, ...: `config.rotation_every_steps`), nan in the others, which
+    an epoch's means skip (`records.epoch_record`); {} for every = 0. A
+    skipped step does not compute them (`lax.cond`; under vmap, as in
+    `l2jax.cells`, both branches run)."""
+    if not self.every:
+      return {}
+    measure = lambda: self.measures(step, old_params, new_params, opt_state)
+    if self.every == 1:
+      return measure()
+    skipped = lambda: jax.tree.map(
+        lambda s: jnp.full(s.shape, jnp.nan, s.dtype), jax.eval_shape(measure))
+    return jax.lax.cond(step % self.epoch_steps % self.every == 0, measure,
+                        skipped)
 
 
 def _with_paths(tree) -> dict:

@@ -259,4 +259,5 @@ def make_equilibrium(config, penalties: regularization.Penalties,
       mask=penalties.l2_mask,
       per_coordinate=(config.optimizer == 'adam'
                       and config.l2.mode in ('coupled', 'loss')),
-      eps=config.adam.eps, b2=config.adam.b2, weight=penalties.l2_weight)
+      eps=config.adam.eps, b2=config.adam.b2, weight=penalties.l2_weight,
+      every=config.rotation_every_steps, epoch_steps=steps_per_epoch)

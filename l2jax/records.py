@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import optax
 
+from l2jax import equilibrium
 from l2jax import regularization
 from l2jax.errors import DivergenceError
 
@@ -107,7 +108,7 @@ def epoch_record(epoch: int, step: int, step_metrics: dict, measures: dict,
   measures = {k: v if isinstance(v, bool) else float(v)
               for k, v in measures.items()}
   record = {'epoch': epoch, 'step': step,
-            **{k: float(np.mean(v)) for k, v in step_metrics.items()},
+            **{k: _mean(k, v) for k, v in step_metrics.items()},
             **measures,
             # α_t / ‖w‖² per group of kernels (see `kernel_norms`).
             **{'effective_lr/' + k.split('/', 1)[1]: _ratio(learning_rate, v * v)
@@ -117,6 +118,16 @@ def epoch_record(epoch: int, step: int, step_metrics: dict, measures: dict,
             'images_per_second': _ratio(num_images, epoch_seconds)}
   return {k: None if isinstance(v, float) and not math.isfinite(v) else v
           for k, v in record.items()}
+
+
+def _mean(name: str, values) -> float:
+  """An epoch's mean of a step metric; a rotation measure's skips the steps
+  that did not measure it (nan: `Equilibrium.sampled_measures`), and is nan
+  where none did."""
+  values = np.asarray(values, dtype=np.float64)
+  if name.split('/', 1)[0] in equilibrium.MEASURES:
+    values = values[~np.isnan(values)]
+  return float(np.mean(values)) if values.size else math.nan
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -142,8 +142,9 @@ def train_step(state, images, labels, rng, hyper, stats, *, config,
   metrics = {'train_loss': loss, 'data_loss': data_loss,
              'train_accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
              **{k: v for k, v in terms.items() if k == 'activity_penalty'},
-             **rotation.measures(state.step, state.params, new_state.params,
-                                 new_state.opt_state)}
+             **rotation.sampled_measures(state.step, state.params,
+                                         new_state.params,
+                                         new_state.opt_state)}
   # The state's own (static) optimizer: calls with it compile once.
   return new_state.replace(tx=state.tx), devices.mean(metrics)
 

@@ -77,6 +77,8 @@ def test_shipped_configs_and_masks_pass(get_config, model, mask):
     (dict(eval_every_epochs=0), ['config.eval_every_epochs=0 must lie in [1, inf)']),
     (dict(checkpoints_to_keep=0), ['config.checkpoints_to_keep=0']),
     (dict(log_every_steps=0), ['config.log_every_steps=0 must lie in [1, inf)']),
+    (dict(rotation_every_steps=-1),
+     ['config.rotation_every_steps=-1 must lie in [0, inf)']),
     (dict(step_boundaries=(0.5, 1.5)), ['config.step_boundaries=(0.5, 1.5)', '(0, 1)']),
     (dict(schedule='step', warmup_epochs=10.0, num_epochs=20,
           step_boundaries=(0.25, 0.75)),

@@ -13,6 +13,7 @@ from l2jax import data as data_lib
 from l2jax import devices
 from l2jax import evaluation
 from l2jax import models
+from l2jax import records
 from l2jax import train
 
 
@@ -20,6 +21,7 @@ def test_train_step_compiles_once(monkeypatch):
   config = cifar.get_config()
   config.l1.weight, config.activity_l2.weight = 1e-4, 1e-3  # Every loss term.
   config.augment = True
+  config.rotation_every_steps = 2  # Sampled (a lax.cond); the last step's.
   model = models.create_model('seed_cnn_narrow', 10)
   state, _, penalties = train.initialize(config, model, (8, 8, 3), 10,
                                          jax.random.key(0))
@@ -170,3 +172,56 @@ def test_batch_norm_and_dropout_models_train_and_evaluate(tmp_path, name,
   whole = model.apply(variables, x, train=False)
   np.testing.assert_allclose(model.apply(variables, x[:5], train=False),
                              whole[:5], rtol=1e-5, atol=1e-5)
+
+
+def test_rotation_is_measured_every_nth_step_of_each_epoch():
+  """`rotation_every_steps=3` with 5 steps an epoch measures each epoch's
+  steps 0 and 3 (global 0, 3, 5, 8) as every step's run measures them, nan
+  in the others, and trains the same weights; an epoch's record averages
+  the measured steps alone, the loss every step. 0 measures nothing."""
+  steps, epoch_steps = 10, 5
+  images = synthetic(10, 4 * steps)
+
+  def run(every):
+    config = cifar.get_config()
+    config.update(model='seed_cnn_narrow', batch_norm=True, augment=False,
+                  rotation_every_steps=every)
+    model = models.from_config(config, 10)
+    state, _, penalties = train.initialize(config, model, (8, 8, 3),
+                                           epoch_steps, jax.random.key(0))
+    p_step = train.pmap_train_step(config, penalties, epoch_steps)
+    state, rng = devices.replicate(state), devices.replicate(jax.random.key(1))
+    n = jax.local_device_count()
+    metrics = []
+    for i in range(steps):
+      batch = slice(4 * i, 4 * i + 4)
+      state, m = p_step(
+          state, np.broadcast_to(images.images[batch], (n, 4, 8, 8, 3)),
+          np.broadcast_to(images.labels[batch], (n, 4)), rng,
+          train.hyperparameters(config, epoch_steps),
+          (np.zeros(3, np.float32), np.ones(3, np.float32)))
+      metrics.append({k: float(v[0]) for k, v in m.items()})
+    return jax.device_get(state.params), metrics
+
+  params_1, every_1 = run(1)
+  params_3, every_3 = run(3)
+  params_0, every_0 = run(0)
+  chex.assert_trees_all_equal(params_1, params_3)
+  chex.assert_trees_all_equal(params_1, params_0)
+  rotation = [k for k in every_1[0] if k.startswith(
+      ('angular_update/', 'shrink/', 'angular_update_equilibrium/'))]
+  assert rotation and not any(k in every_0[0] for k in rotation)
+  measured = [0, 3, 5, 8]
+  for i in range(steps):
+    for k in rotation:
+      if i in measured:
+        assert every_3[i][k] == pytest.approx(every_1[i][k], rel=1e-6)
+      else:
+        assert np.isnan(every_3[i][k])
+  key = rotation[0]
+  epoch = {k: [m[k] for m in every_3[5:]] for k in every_3[0]}
+  record = records.epoch_record(2, 10, epoch, {}, {}, 0.1, 1.0, 20)
+  assert record[key] == pytest.approx(
+      (every_1[5][key] + every_1[8][key]) / 2, rel=1e-6)
+  assert record['train_loss'] == pytest.approx(
+      np.mean([m['train_loss'] for m in every_1[5:]]), rel=1e-6)

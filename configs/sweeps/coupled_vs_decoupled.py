@@ -110,7 +110,7 @@ def _train(model: str, batch_norm: bool, smoke: bool, values: dict):
   train = cifar.get_config()
   train.update(model=model, batch_norm=batch_norm, augment=False,
                noise_sigmas=(), checkpoint_every_steps=0,
-               checkpoints_to_keep=1)
+               checkpoints_to_keep=1, rotation_every_steps=1)
   if smoke:
     train.update(max_train_examples=256, validation_fraction=0.1,
                  num_epochs=1, batch_size=64, eval_batch_size=500)
