@@ -8,7 +8,7 @@ Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
 synthetic uint8 CIFAR-shaped batch and, when PyTorch is installed, the same
 network and optimizer in PyTorch (`torch_twins`), side by side and interleaved: after each
-column's first call (which compiles), `--rounds` rounds of a block of
+column's first call (which compiles) and `timing.WARMUP` more, `--rounds` rounds of a block of
 `--steps` calls of each column, the order alternating from round to round,
 each call ended by `jax.block_until_ready`. On a shared machine the load
 changes within a run; interleaved, both columns see the same load, so the
@@ -309,7 +309,8 @@ def report(config, measurements: list) -> str:
          if config.rotation_every_steps > 1 else
          'in every step' if config.rotation_every_steps else 'off')
       + ' (config.rotation_every_steps)',
-      f'- Timing: each column\'s first step apart, then {first["rounds"]} '
+      f'- Timing: each column\'s first step and {timing.WARMUP} more '
+      f'apart, then {first["rounds"]} '
       f'rounds of {first["steps"]} steps of each column, interleaved (the '
       'order alternating between rounds); mean step times over all timed '
       'steps and per round (a step that measures rotation counts); the ratio '

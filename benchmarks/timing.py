@@ -17,6 +17,7 @@ from l2jax import devices
 MATMUL_SIZE = 2048
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
+WARMUP = 5  # Untimed calls of each column after its first.
 
 
 def peak_rss_mib() -> float:
@@ -54,10 +55,13 @@ def matmul_step():
   return lambda: dot(a, b).block_until_ready()
 
 
-def interleave(columns: dict, rounds: int, steps: int, reference) -> dict:
+def interleave(columns: dict, rounds: int, steps: int, reference,
+               warmup: int = WARMUP) -> dict:
   """Times `columns` ({name: step()}) side by side.
 
-  Each column's first call apart (it compiles), then `rounds` rounds of a
+  Each column's first call apart (it compiles) and `warmup` calls more
+  untimed (a CPU step after compiling takes a few calls to reach its
+  speed: 2–4 calls of 260–510 ms before the seed step's 120), then `rounds` rounds of a
   block of `steps` calls of each column, in the order of `columns` in even
   rounds and reversed in odd ones, and three calls of `reference()` (the
   matmul) before each round. Returns {'columns': {name: {'first_s',
@@ -71,7 +75,10 @@ def interleave(columns: dict, rounds: int, steps: int, reference) -> dict:
     before = reset_peak_rss()
     start = time.perf_counter()
     step()
-    results[name] = {'first_s': time.perf_counter() - start, 'rounds': [],
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+      step()
+    results[name] = {'first_s': first, 'rounds': [],
                      'cpu_rounds': [],
                      'rss_before_mib': before, 'peak_rss_mib': peak_rss_mib()}
   matmul = []
