@@ -17,6 +17,14 @@ from l2jax import models
 from l2jax.cpu import layers
 from l2jax.cpu import winograd
 
+
+
+@pytest.fixture(autouse=True)
+def _winograd_from_16_channels(monkeypatch):
+  """The routes as on an AVX2 CPU, whatever this one has."""
+  monkeypatch.setattr(layers, 'WINOGRAD_MIN_CHANNELS', 16)
+
+
 # (batch, height, width, channels): odd batches, MNIST-sized, odd sides.
 POOL_SHAPES = [(5, 28, 28, 1), (3, 32, 32, 3), (1, 7, 9, 4), (2, 16, 16, 64)]
 # (nn.Conv arguments, input shape): first inputs smaller than the kernel,
@@ -31,7 +39,8 @@ PATCH_CONVS = [
      (2, 2, 2, 3)),
 ]
 # 3×3, stride 1, padding 1, H and W multiples of 4, 16 or more channels in
-# and out: winograd.winograd_conv.
+# and out (`WINOGRAD_MIN_CHANNELS`, set to 16 for every test here):
+# winograd.winograd_conv.
 WINOGRAD_CONVS = [
     (dict(features=32, kernel_size=(3, 3)), (2, 8, 12, 32)),
     (dict(features=16, kernel_size=(3, 3)), (2, 8, 8, 16)),
@@ -185,6 +194,32 @@ def test_conv_routes_only_float32_and_float64_with_padding_1(dtype, padding,
             x, k, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     )(x, kernel))
   assert ('winograd_conv' in jaxpr) == (route == 'winograd'), jaxpr
+
+
+@pytest.mark.parametrize('channels, route', [(32, 'lax'), (64, 'winograd')])
+def test_from_64_channels_only_where_the_threshold_says(monkeypatch, channels,
+                                                        route):
+  """An AVX-512 CPU's threshold: 32 channels in and out go to lax."""
+  monkeypatch.setattr(layers, 'WINOGRAD_MIN_CHANNELS', 64)
+  x = jax.ShapeDtypeStruct((2, 8, 8, channels), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((3, 3, channels, channels), jnp.float32)
+  jaxpr = str(jax.make_jaxpr(
+      lambda x, k: layers.conv_general_dilated(
+          x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  )(x, kernel))
+  assert ('winograd_conv' in jaxpr) == (route == 'winograd'), jaxpr
+
+
+def test_the_threshold_follows_the_cpus_avx512(monkeypatch, tmp_path):
+  """`_has_avx512` reads the flags line of /proc/cpuinfo."""
+  real_open = open
+  for flags, want in (('fpu avx2 avx512f avx512dq', True),
+                      ('fpu avx2 fma', False)):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
+    monkeypatch.setattr('builtins.open', lambda path, *a, **k: real_open(
+        cpuinfo if path == '/proc/cpuinfo' else path, *a, **k))
+    assert layers._has_avx512() is want  # pylint: disable=protected-access
 
 
 def float64_conv_and_gradients(x, kernel, g):

@@ -54,6 +54,15 @@ def test_curves_are_drawn_for_one_and_a_hundred_epochs(tmp_path, num_epochs,
   assert [p.name for p in tmp_path.iterdir()] == [outputs.CURVES]
 
 
+def test_curves_are_drawn_without_rotation_measures(tmp_path):
+  """A run with `rotation_every_steps=0` records no Δθ, s or Δθ*."""
+  rotation = ('angular_update', 'shrink')
+  plain = [{k: v for k, v in r.items() if not k.startswith(rotation)}
+           for r in records(3, 1)]
+  outputs.plot_curves(str(tmp_path), plain, 'title')
+  assert (tmp_path / outputs.CURVES).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
 def test_events_take_a_records_numbers_but_its_step():
   record = {'epoch': 3, 'step': 30, 'train_loss': 0.5, 'test_loss': None,
             'scale_invariant/Conv_0': True, 'note': 'text', 'count': 7}

@@ -33,12 +33,13 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
     kernel): one product of the patch matrix with the kernel, its gradient
     by autodiff, because XLA runs such convolutions far below its
     matrix-product rate.
-  - 3×3 with padding 1 ('SAME'), H and W multiples of 4, 16 or more
-    channels in and out, float32 or float64: `winograd.winograd_conv`, which
+  - 3×3 with padding 1 ('SAME'), H and W multiples of 4,
+    `WINOGRAD_MIN_CHANNELS` or more channels in and out (16; 64 on a CPU
+    with AVX-512), float32 or float64: `winograd.winograd_conv`, which
     needs 4× fewer multiplications (its float rounding is larger: see
     l2jax.cpu.winograd), and whose kernel gradient reads its saved tiles
-    where XLA's first transposes the input. Below 16 channels (a network's
-    first layer) its transforms cost more than the products save.
+    where XLA's first transposes the input. Below that its transforms cost
+    more than the products save (measured on an AVX2 and an AVX-512 CPU).
 - `BiasedConv` and `BatchNorm`: nn.Conv's bias and nn.BatchNorm, with
   their sums over all axes but the channels (a bias's gradient, batch
   statistics and their gradients) through `sum_to_channels`: over the batch
@@ -64,6 +65,24 @@ import jax.numpy as jnp
 from l2jax.cpu import winograd
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _has_avx512() -> bool:
+  """Whether /proc/cpuinfo lists AVX-512 (False where it cannot say)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          return 'avx512f' in line.split()
+  except OSError:
+    pass
+  return False
+
+
+# Channels in and out from which 3×3 convolutions are Winograd's: 16, or 64
+# on a CPU with AVX-512, where XLA's (YNNPACK's) own convolutions are the
+# faster below that (docs/performance.md).
+WINOGRAD_MIN_CHANNELS = 64 if _has_avx512() else 16
 
 
 # Max pooling.
@@ -171,7 +190,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return _patch_conv(lhs, rhs, padding, precision, preferred_element_type)
   if (rhs.shape[:2] == (3, 3) and padding == ((1, 1), (1, 1))
       and lhs.shape[1] % 4 == 0 and lhs.shape[2] % 4 == 0
-      and min(rhs.shape[2:]) >= 16 and precision is None
+      and min(rhs.shape[2:]) >= WINOGRAD_MIN_CHANNELS and precision is None
       and lhs.dtype == rhs.dtype and lhs.dtype in (jnp.float32, jnp.float64)
       and preferred_element_type in (None, lhs.dtype)):
     return winograd.winograd_conv(lhs, rhs)
