@@ -1,7 +1,7 @@
 """The seed network's step with its rotation measures in every N-th step.
 
-    python benchmarks/results/throughput_cpu/rotation_every.py \
-        > benchmarks/results/throughput_cpu/rotation_every.md
+    python benchmarks/results/throughput_xeon/rotation_every.py \
+        > benchmarks/results/throughput_xeon/rotation_every.md
 
 `benchmarks.throughput`'s l2jax column built once per
 `config.rotation_every_steps` (1, 10, 0) and timed interleaved
