@@ -52,6 +52,7 @@ from absl import logging
 import jax
 
 from l2jax import cells as cells_lib
+from l2jax import checkpoints
 from l2jax import configuration
 from l2jax import data as data_lib
 from l2jax import outputs
@@ -126,14 +127,19 @@ def _jsonable(config) -> dict:
 def is_done(folder: str, config) -> bool:
   """Whether the cell finished (summary.json) or diverged; a failed or
   killed cell is not done. L2JaxError when it ran with another config: its
-  numbers would not be the sweep's (a key added since, at the value it ran
-  with, is not another config: `configuration.ADDED`)."""
+  numbers would not be the sweep's. Not another config: a key added since,
+  at the value it ran with (`configuration.ADDED`), and the values a
+  resumed run may change (`checkpoints.MAY_CHANGE_ON_RESUME`: where data
+  lives, how often to evaluate, save, log or measure rotation), which do
+  not change the trained weights."""
   summary = read_json(folder, outputs.SUMMARY)
   record = read_json(folder, CELL) or {}
   if summary is None and record.get('status') != 'diverged':
     return False
   ran = summary['config'] if summary else record['config']
-  if configuration.completed(ran) != _jsonable(config):
+  trained = lambda c: {k: v for k, v in c.items()
+                       if k not in checkpoints.MAY_CHANGE_ON_RESUME}
+  if trained(configuration.completed(ran)) != trained(_jsonable(config)):
     raise L2JaxError(f'{folder} was run with another config; use another '
                      '--out, or delete it to run it again')
   return True
@@ -537,6 +543,13 @@ def config_changes(config, reference) -> str:
   """`key=value` for each value of `config` that differs from `reference`."""
   now, then = _flatten(config.to_dict()), _flatten(reference.to_dict())
   return ', '.join(f'`{k}={v}`' for k, v in now.items() if then.get(k) != v)
+
+
+def rotation_sampling(config) -> str:
+  """How often a run of `config` measures rotation, for a report."""
+  every = config.rotation_every_steps
+  how = {0: 'off', 1: 'in every step'}.get(every, f'once every {every} steps')
+  return f'rotation measures {how} (config.rotation_every_steps)'
 
 
 def header(preset, rows: Sequence[dict], seconds: float, trained: int,

@@ -7,13 +7,14 @@
 Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
 synthetic uint8 CIFAR-shaped batch and, when PyTorch is installed, the same
-network and optimizer in PyTorch (`torch_twins`), side by side and interleaved: after each
-column's first call (which compiles) and `timing.WARMUP` more, `--rounds` rounds of a block of
-`--steps` calls of each column, the order alternating from round to round,
-each call ended by `jax.block_until_ready`. On a shared machine the load
-changes within a run; interleaved, both columns see the same load, so the
-figure is each round's ratio of mean step times, reported as its median over the
-rounds with their min–max. Each step's CPU time (the process's, all
+network and optimizer in PyTorch (`torch_twins`), side by side and
+interleaved: after each column's first call (which compiles) and
+`timing.WARMUP` more, `--rounds` rounds of a block of `--steps` calls of
+each column, the order alternating from round to round, each call ended by
+`jax.block_until_ready`. On a shared machine the load changes within a run;
+interleaved, both columns see the same load, so the figure is each round's
+ratio of mean step times, reported as its median over the rounds with
+their min–max. Each step's CPU time (the process's, all
 threads) is reported beside its wall time. `--threads=N` pins the process
 to N cores, and with it JAX's thread pool and PyTorch's thread count. A
 2048×2048 float32 matmul, timed in every round, gives the machine's
@@ -304,11 +305,7 @@ def report(config, measurements: list) -> str:
       f'{config.batch_size} of {IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, '
       f'augment {config.augment}; '
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '
-      f'λ={config.l2.weight}; rotation measures '
-      + (f'in every {config.rotation_every_steps}-th step of an epoch'
-         if config.rotation_every_steps > 1 else
-         'in every step' if config.rotation_every_steps else 'off')
-      + ' (config.rotation_every_steps)',
+      f'λ={config.l2.weight}; {sweep.rotation_sampling(config)}',
       f'- Timing: each column\'s first step and {timing.WARMUP} more '
       f'apart, then {first["rounds"]} '
       f'rounds of {first["steps"]} steps of each column, interleaved (the '

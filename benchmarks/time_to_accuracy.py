@@ -149,9 +149,8 @@ def report(config, results: dict, loads: dict, target: float) -> str:
       f'{config.momentum}, lr {config.learning_rate} {config.schedule}, '
       f'L2 {config.l2.mode} λ={config.l2.weight} mask {config.l2.mask}, '
       f'augment {config.augment}, {config.num_epochs} epochs; l2jax layers '
-      f'{config.layers} ({models.layer_set(config.layers).name}), rotation '
-      f'measures in every {config.rotation_every_steps}-th step '
-      '(config.rotation_every_steps; 0: none)',
+      f'{config.layers} ({models.layer_set(config.layers).name}), '
+      f'{sweep.rotation_sampling(config)}',
       '- Times: training only, evaluation excluded on both sides; l2jax\'s '
       'first epoch includes compiling its step. The frameworks ran one after '
       'the other (l2jax first), not interleaved: the load column says what '

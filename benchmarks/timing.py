@@ -60,8 +60,8 @@ def interleave(columns: dict, rounds: int, steps: int, reference,
   """Times `columns` ({name: step()}) side by side.
 
   Each column's first call apart (it compiles) and `warmup` calls more
-  untimed (a CPU step after compiling takes a few calls to reach its
-  speed: 2–4 calls of 260–510 ms before the seed step's 120), then `rounds` rounds of a
+  untimed (a CPU step takes a few calls after compiling to reach its
+  speed), then `rounds` rounds of a
   block of `steps` calls of each column, in the order of `columns` in even
   rounds and reversed in odd ones, and three calls of `reference()` (the
   matmul) before each round. Returns {'columns': {name: {'first_s',

@@ -79,6 +79,6 @@ def get_config():
   # in every N-th step of an epoch (its first, N+1-th, ...); the epoch
   # records their means over those steps. 1: every step (the separability
   # study's presets); 0: not measured. Measuring every step costs the seed
-  # network's step about 11 % (docs/performance.md).
+  # network's step about 10 % (docs/performance.md).
   config.rotation_every_steps = 10
   return config

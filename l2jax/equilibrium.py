@@ -266,18 +266,23 @@ class Equilibrium:
   def sampled_measures(self, step, old_params, new_params, opt_state) -> dict:
     """`measures` of every `every`-th step of each epoch (its steps 0, every,
     2·every, ...: `config.rotation_every_steps`), nan in the others, which
-    an epoch's means skip (`records.epoch_record`); {} for every = 0. A
-    skipped step does not compute them (`lax.cond`; under vmap, as in
-    `l2jax.cells`, both branches run)."""
+    an epoch's means leave out (`records.epoch_record`); {} for every = 0.
+    On the CPU a skipped step does not compute them (`lax.cond`); a GPU's
+    conditional costs about what the measures do, so there they are
+    computed and masked (docs/performance.md), as under vmap (`l2jax.cells`),
+    where the cond becomes a select."""
     if not self.every:
       return {}
     measure = lambda: self.measures(step, old_params, new_params, opt_state)
     if self.every == 1:
       return measure()
+    measured = step % self.epoch_steps % self.every == 0
+    if jax.default_backend() != 'cpu':
+      return jax.tree.map(lambda v: jnp.where(measured, v, jnp.nan),
+                          measure())
     skipped = lambda: jax.tree.map(
         lambda s: jnp.full(s.shape, jnp.nan, s.dtype), jax.eval_shape(measure))
-    return jax.lax.cond(step % self.epoch_steps % self.every == 0, measure,
-                        skipped)
+    return jax.lax.cond(measured, measure, skipped)
 
 
 def _with_paths(tree) -> dict:

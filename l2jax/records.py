@@ -98,9 +98,12 @@ def summarize(config, records: list, num_devices: int) -> dict:
 
 def epoch_record(epoch: int, step: int, step_metrics: dict, measures: dict,
                  evaluations: dict, learning_rate: float,
-                 epoch_seconds: float, num_images: int) -> dict:
-  """One line of metrics.jsonl: the means of the epoch's step metrics, the
-  weight measures, the evaluations and the timing. A value that is not a
+                 epoch_seconds: float, num_images: int,
+                 rotation_every: int = 1) -> dict:
+  """One line of metrics.jsonl: the means of the epoch's step metrics (a
+  rotation measure's over the steps that measured it, every
+  `rotation_every`-th from the epoch's first: `_mean`), the weight
+  measures, the evaluations and the timing. A value that is not a
   finite number is recorded as None (null), so metrics.jsonl stays valid
   JSON: the Δθ or α_t/‖w‖² of a kernel group whose norm is 0, the loss and
   accuracy of an empty split, the images per second of an epoch timed at
@@ -108,7 +111,8 @@ def epoch_record(epoch: int, step: int, step_metrics: dict, measures: dict,
   measures = {k: v if isinstance(v, bool) else float(v)
               for k, v in measures.items()}
   record = {'epoch': epoch, 'step': step,
-            **{k: _mean(k, v) for k, v in step_metrics.items()},
+            **{k: _mean(k, v, rotation_every)
+               for k, v in step_metrics.items()},
             **measures,
             # α_t / ‖w‖² per group of kernels (see `kernel_norms`).
             **{'effective_lr/' + k.split('/', 1)[1]: _ratio(learning_rate, v * v)
@@ -120,14 +124,14 @@ def epoch_record(epoch: int, step: int, step_metrics: dict, measures: dict,
           for k, v in record.items()}
 
 
-def _mean(name: str, values) -> float:
-  """An epoch's mean of a step metric; a rotation measure's skips the steps
-  that did not measure it (nan: `Equilibrium.sampled_measures`), and is nan
-  where none did."""
-  values = np.asarray(values, dtype=np.float64)
-  if name.split('/', 1)[0] in equilibrium.MEASURES:
-    values = values[~np.isnan(values)]
-  return float(np.mean(values)) if values.size else math.nan
+def _mean(name: str, values, rotation_every: int) -> float:
+  """An epoch's mean of a step metric (its values from the epoch's first
+  step on); a rotation measure's over the steps that measured it
+  (`Equilibrium.sampled_measures`: 0, every, 2·every, ...), where a nan
+  is a measure's own (a group of norm 0, Δθ* at s = 0) and stays."""
+  if rotation_every > 1 and name.split('/', 1)[0] in equilibrium.MEASURES:
+    values = values[::rotation_every]
+  return float(np.mean(values)) if len(values) else math.nan
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -421,7 +421,8 @@ def record_epoch(run: Run, writer: outputs.MetricsWriter, evaluate, state,
                                    'test': run.dataset.test})
   record = records.epoch_record(
       epoch, step, step_metrics, {**measures, **run.structure}, evaluations,
-      float(run.learning_rate(step - 1)), seconds, num_images)
+      float(run.learning_rate(step - 1)), seconds, num_images,
+      config.rotation_every_steps)
   writer.write(record)
   run.events.write(record, step_metrics['train_loss'])
   _log_epoch(config, record)

@@ -12,8 +12,10 @@ from l2jax import data as data_lib
 from l2jax import devices
 from l2jax import models
 from l2jax import train
-from l2jax.cpu import layers
 from l2jax.errors import ConfigError
+
+# The 16→32 convolution through Winograd's custom VJP, vmapped, on any CPU.
+pytestmark = pytest.mark.usefixtures('winograd_from_16')
 
 STEPS, STEPS_PER_EPOCH = 3, 4
 # (α, λ) of two cells, λ = 0 in one.
@@ -26,13 +28,6 @@ def full_precision():
   TensorFloat-32 rounds at about 1e-3, which would swamp the comparison."""
   with jax.default_matmul_precision('highest'):
     yield
-
-
-@pytest.fixture(autouse=True)
-def winograd_from_16_channels(monkeypatch):
-  """The 16→32 convolution through Winograd's custom VJP, vmapped, on any
-  CPU (an AVX-512 one's threshold is 64)."""
-  monkeypatch.setattr(layers, 'WINOGRAD_MIN_CHANNELS', 16)
 
 
 def configs(optimizer: str, mode: str) -> list:

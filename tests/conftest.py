@@ -15,6 +15,7 @@ import pytest
 
 import helpers
 from l2jax import cpu
+from l2jax.cpu import layers as cpu_layers
 
 # The settings l2jax.main trains under, before any test runs JAX.
 cpu.configure()
@@ -53,6 +54,14 @@ def _quick_compiles() -> None:
 
 
 _quick_compiles()
+
+
+@pytest.fixture
+def winograd_from_16(monkeypatch):
+  """l2jax.cpu's convolutions routed as on an AVX2 CPU (Winograd's from 16
+  channels) whatever this CPU has (from 64 with AVX-512), so that a test
+  of Winograd's convolutions runs them on every machine."""
+  monkeypatch.setattr(cpu_layers, 'WINOGRAD_MIN_CHANNELS', 16)
 
 
 @pytest.fixture(scope='session')

@@ -17,13 +17,8 @@ from l2jax import models
 from l2jax.cpu import layers
 from l2jax.cpu import winograd
 
-
-
-@pytest.fixture(autouse=True)
-def _winograd_from_16_channels(monkeypatch):
-  """The routes as on an AVX2 CPU, whatever this one has."""
-  monkeypatch.setattr(layers, 'WINOGRAD_MIN_CHANNELS', 16)
-
+# Routes as on an AVX2 CPU (Winograd's from 16 channels), on any CPU.
+pytestmark = pytest.mark.usefixtures('winograd_from_16')
 
 # (batch, height, width, channels): odd batches, MNIST-sized, odd sides.
 POOL_SHAPES = [(5, 28, 28, 1), (3, 32, 32, 3), (1, 7, 9, 4), (2, 16, 16, 64)]

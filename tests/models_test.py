@@ -117,6 +117,7 @@ def test_dropout_needs_a_key_in_training_and_none_in_eval(name):
 @pytest.mark.parametrize('name, batch_norm', [
     ('seed_cnn', False), ('seed_cnn_narrow', True), ('seed_cnn_narrow', False),
     ('resnet20', True), ('allconv_bn', True)])
+@pytest.mark.usefixtures('winograd_from_16')
 def test_cpu_tuned_layers_give_the_gradients_of_flax_layers(name,
                                                             batch_norm):
   """In float64, so that rounding cannot hide a wrong formula: float32's
@@ -124,7 +125,7 @@ def test_cpu_tuned_layers_give_the_gradients_of_flax_layers(name,
   reached 1e-2 of a kernel gradient's largest value (ResNet-20's), where
   float64's differences stay below 1e-13. The seed network and ResNet-20
   take their 3×3 convolutions of 16 or more channels through
-  `l2jax.cpu.winograd.winograd_conv`."""
+  `l2jax.cpu.winograd.winograd_conv` (`winograd_from_16`: on any CPU)."""
   grads = {}
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3), jnp.float64)

@@ -66,3 +66,18 @@ def test_a_cell_done_before_a_key_was_added_is_done_at_its_value(tmp_path):
   base.lr_floor = 0.1
   with pytest.raises(sweep.L2JaxError, match='was run with another config'):
     sweep.is_done(str(folder), base)
+
+
+def test_a_cell_done_is_done_whatever_a_resumed_run_may_change(tmp_path):
+  """A cell recorded before `rotation_every_steps` (it measured every
+  step) is done under today's default of 10 and another log interval: they
+  do not change the trained weights (`checkpoints.MAY_CHANGE_ON_RESUME`)."""
+  base = cifar.get_config()
+  folder = tmp_path / 'c'
+  folder.mkdir()
+  recorded = base.to_dict()
+  del recorded['rotation_every_steps']
+  (folder / 'summary.json').write_text(json.dumps(
+      {'config': recorded, 'final': {}}))
+  base.log_every_steps = 7
+  assert base.rotation_every_steps != 1 and sweep.is_done(str(folder), base)

@@ -21,7 +21,9 @@ def test_train_step_compiles_once(monkeypatch):
   config = cifar.get_config()
   config.l1.weight, config.activity_l2.weight = 1e-4, 1e-3  # Every loss term.
   config.augment = True
-  config.rotation_every_steps = 2  # Sampled (a lax.cond); the last step's.
+  # Sampled (a lax.cond): steps 0 and 2 measure, so the last step's
+  # metrics, checked below, hold finite rotation measures.
+  config.rotation_every_steps = 2
   model = models.create_model('seed_cnn_narrow', 10)
   state, _, penalties = train.initialize(config, model, (8, 8, 3), 10,
                                          jax.random.key(0))
@@ -223,8 +225,12 @@ def test_rotation_is_measured_every_nth_step_of_each_epoch():
         assert np.isnan(every_3[i][k])
   key = rotation[0]
   epoch = {k: [m[k] for m in every_3[5:]] for k in every_3[0]}
-  record = records.epoch_record(2, 10, epoch, {}, {}, 0.1, 1.0, 20)
+  record = records.epoch_record(2, 10, epoch, {}, {}, 0.1, 1.0, 20, 3)
   assert record[key] == pytest.approx(
       (every_1[5][key] + every_1[8][key]) / 2, rel=1e-6)
   assert record['train_loss'] == pytest.approx(
       np.mean([m['train_loss'] for m in every_1[5:]]), rel=1e-6)
+  # A measured step's own nan (a group of norm 0, say) is not skipped.
+  epoch[key][3] = float('nan')
+  assert records.epoch_record(2, 10, epoch, {}, {}, 0.1, 1.0, 20,
+                              3)[key] is None
