@@ -9,7 +9,7 @@ of 50 steps each; per round the mean step, and the speed-up over measuring
 every step, median over rounds (min–max). Made on one H200 (report.md)
 when every 10th step went through a `lax.cond` on every backend.
 """
-import statistics, sys
+import statistics
 from l2jax import cpu
 cpu.configure()
 import jax
