@@ -52,6 +52,7 @@ from l2jax import devices
 from l2jax import models
 from l2jax import outputs
 from l2jax import train
+from l2jax.cpu import layers as cpu_layers
 from l2jax.errors import L2JaxError
 
 FLAGS = flags.FLAGS
@@ -301,7 +302,10 @@ def report(config, measurements: list) -> str:
       f'(XLA_FLAGS={first["xla_flags"]!r})',
       f'- Step: {config.model}'
       f'{" with batch norm" if config.batch_norm else ""} (layers '
-      f'{config.layers}: {models.layer_set(config.layers).name}), batch '
+      f'{config.layers}: {models.layer_set(config.layers).name}'
+      + (f', Winograd from {cpu_layers.WINOGRAD_MIN_CHANNELS} channels'
+         if models.layer_set(config.layers) is models.CPU_TUNED else '')
+      + '), batch '
       f'{config.batch_size} of {IMAGE_SHAPE} uint8, {NUM_CLASSES} classes, '
       f'augment {config.augment}; '
       f'{config.optimizer} momentum {config.momentum}, L2 {config.l2.mode} '

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import coupled_vs_decoupled as cvd
 from benchmarks import selection
+from configs import cifar
 from configs.sweeps import coupled_vs_decoupled as presets
 from helpers import read_csv
 from helpers import run_benchmark
@@ -218,3 +219,12 @@ def test_selection_by_folds_and_by_seeds():
   assert made['folds'][:3] == [
       (0.0, 0, (('folds', 3), ('fold', i)), f'_fold{i}of3') for i in range(3)]
   assert 'folds' not in selection.cells(lambda *a: a, (0.0,), (0,), folds=1)
+
+
+@pytest.mark.parametrize('name', presets.PRESETS)
+def test_every_preset_measures_rotation_in_every_step(name):
+  """The study's epoch means of Δθ, s and Δθ* (benchmarks.separability)
+  are over every step, as its committed results were made; a run's default
+  samples every tenth."""
+  assert presets.get_config(name).train.rotation_every_steps == 1
+  assert cifar.get_config().rotation_every_steps != 1
