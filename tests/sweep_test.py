@@ -53,15 +53,21 @@ def test_a_cell_done_with_another_config_stops_the_sweep(tmp_path):
     raise AssertionError('a done cell of another config was accepted')
 
 
+def done_without(folder, config, key: str):
+  """`folder` as a cell that finished with `config` recorded without
+  `key` (a key added since)."""
+  folder.mkdir()
+  recorded = config.to_dict()
+  del recorded[key]
+  (folder / 'summary.json').write_text(json.dumps(
+      {'config': recorded, 'final': {}}))
+
+
 def test_a_cell_done_before_a_key_was_added_is_done_at_its_value(tmp_path):
   """configuration.ADDED: a cell recorded without `lr_floor` ran with 0."""
   base = cifar.get_config()
   folder = tmp_path / 'c'
-  folder.mkdir()
-  recorded = base.to_dict()
-  del recorded['lr_floor']
-  (folder / 'summary.json').write_text(json.dumps(
-      {'config': recorded, 'final': {}}))
+  done_without(folder, base, 'lr_floor')
   assert sweep.is_done(str(folder), base)
   base.lr_floor = 0.1
   with pytest.raises(sweep.L2JaxError, match='was run with another config'):
@@ -74,10 +80,6 @@ def test_a_cell_done_is_done_whatever_a_resumed_run_may_change(tmp_path):
   do not change the trained weights (`checkpoints.MAY_CHANGE_ON_RESUME`)."""
   base = cifar.get_config()
   folder = tmp_path / 'c'
-  folder.mkdir()
-  recorded = base.to_dict()
-  del recorded['rotation_every_steps']
-  (folder / 'summary.json').write_text(json.dumps(
-      {'config': recorded, 'final': {}}))
+  done_without(folder, base, 'rotation_every_steps')
   base.log_every_steps = 7
   assert base.rotation_every_steps != 1 and sweep.is_done(str(folder), base)
