@@ -80,6 +80,10 @@ flags.DEFINE_integer('threads', 0,
 flags.DEFINE_integer('rotation_every_steps', None,
                      'Rotation measures in every N-th step '
                      '(config.rotation_every_steps); default: the config\'s.')
+flags.DEFINE_bool('torch_channels_last', True,
+                  'PyTorch\'s model and batch in channels-last memory format '
+                  '(its faster convolutions on a CPU); --notorch_channels_last: '
+                  'NCHW, as the reports before it.')
 flags.DEFINE_bool('configure_cpu', True,
                   'Apply l2jax.cpu.configure() first, as l2jax.main does; '
                   'with --noconfigure_cpu both columns run without it.')
@@ -144,11 +148,15 @@ def torch_column(config, dataset: data_lib.Dataset):
 
   torch.manual_seed(config.seed)
   torch.set_num_threads(len(os.sched_getaffinity(0)))
+  layout = (torch.channels_last if FLAGS.torch_channels_last
+            else torch.contiguous_format)
   model = torch_twins.torch_twin(models.from_config(config, NUM_CLASSES))
+  model = model.to(memory_format=layout)
   optimizer = torch.optim.SGD(
       model.parameters(), lr=config.learning_rate, momentum=config.momentum,
       weight_decay=config.l2.weight)
   images = torch.from_numpy(dataset.train.images.transpose(0, 3, 1, 2).copy())
+  images = images.contiguous(memory_format=layout)
   labels = torch.from_numpy(dataset.train.labels).long()
   mean, std = (torch.from_numpy(s).view(1, -1, 1, 1)
                for s in dataset.channel_stats())
@@ -201,7 +209,8 @@ def measure(config, run_torch: bool, rounds: int, steps: int,
   if run_torch:
     torch_info = result['columns']['PyTorch']
     versions += (f', torch {torch_info["version"]} '
-                 f'({torch_info["threads"]} threads)')
+                 f'({torch_info["threads"]} threads, '
+                 f'{"channels-last" if FLAGS.torch_channels_last else "NCHW"})')
   return {**result, 'versions': versions, 'load_before': load_before,
           'load_after': os.getloadavg()[0],
           'xla_flags': os.environ.get('XLA_FLAGS', ''),
@@ -361,7 +370,8 @@ def invoke(index: int, folder: str, run_torch: bool) -> dict:
           f'--json={path}',
           f'--rotation_every_steps={make_config().rotation_every_steps}',
           *[f'--{"" if FLAGS[f].value else "no"}{f}'
-            for f in ('batch_norm', 'augment', 'configure_cpu')],
+            for f in ('batch_norm', 'augment', 'configure_cpu',
+                      'torch_channels_last')],
           '--torch' if run_torch else '--notorch']
   subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
   with open(path) as f:
