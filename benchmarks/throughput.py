@@ -7,7 +7,8 @@
 Times the pmapped `l2jax.train.train_step` built as `train_and_evaluate`
 builds it (configs/cifar.py: SGD, momentum 0.9, coupled L2 λ = 5e-4) on one
 synthetic uint8 CIFAR-shaped batch and, when PyTorch is installed, the same
-network and optimizer in PyTorch (`torch_twins`), side by side and
+network and optimizer in PyTorch (`torch_twins`, in channels-last memory
+format, its faster layout for CPU convolutions), side by side and
 interleaved: after each column's first call (which compiles) and
 `timing.WARMUP` more, `--rounds` rounds of a block of `--steps` calls of
 each column, the order alternating from round to round, each call ended by
