@@ -23,11 +23,13 @@ class LayerSet(NamedTuple):
     statistics, momentum 0.9; in training its statistics are means over
     `axis_name`.
   pool: x -> the maximum of each 2x2 window, stride 2.
+  dense: (features) -> a module with nn.Dense's parameters.
   """
   name: str
   conv: Callable[..., nn.Module]
   norm_relu: Callable[[bool, Optional[str]], nn.Module]
   pool: Callable[[jax.Array], jax.Array]
+  dense: Callable[[int], nn.Module]
 
 
 class BatchNorm(nn.BatchNorm):
@@ -62,12 +64,15 @@ def _cpu_tuned_conv(features, strides=1, padding='SAME', use_bias=True):
 FLAX = LayerSet('flax', _flax_conv,
                 functools.partial(_norm_relu, BatchNorm),
                 functools.partial(nn.max_pool, window_shape=(2, 2),
-                                  strides=(2, 2)))
+                                  strides=(2, 2)),
+                nn.Dense)
 # l2jax.cpu.layers, fast on XLA's CPU backend; its Winograd convolutions round
 # more (l2jax.cpu.winograd).
 CPU_TUNED = LayerSet('cpu_tuned', _cpu_tuned_conv,
                      functools.partial(_norm_relu, cpu_layers.BatchNorm),
-                     cpu_layers.max_pool_2x2)
+                     cpu_layers.max_pool_2x2,
+                     functools.partial(nn.Dense,
+                                       dot_general=cpu_layers.dot_general))
 LAYER_SETS = {s.name: s for s in (CPU_TUNED, FLAX)}
 LAYER_CHOICES = ('auto', *LAYER_SETS)  # config.layers
 
@@ -104,7 +109,7 @@ def _classify(module, x, train: bool):
   Dense(num_classes), as `module`'s own layers (see `_conv_block`)."""
   module.sow('intermediates', 'features', x)
   x = nn.Dropout(module.dropout, deterministic=not train)(x)
-  return nn.Dense(module.num_classes)(x)
+  return module.layers.dense(module.num_classes)(x)
 
 
 class Classifier(nn.Module):
@@ -143,7 +148,7 @@ class SeedCNN(Classifier):
       x = _conv_block(self, x, features, train, batch_norm=self.batch_norm)
       x = self.layers.pool(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden)(x))
+    x = nn.relu(self.layers.dense(self.hidden)(x))
     return _classify(self, x, train)
 
 

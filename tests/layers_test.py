@@ -6,6 +6,8 @@ lax.conv_general_dilated, a float64 convolution in NumPy, SeedCNN with
 models.FLAX), never from l2jax.cpu.
 """
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -412,3 +414,69 @@ def test_seed_cnn_cpu_tuned_layers_equal_flax_layers(shape, batch, integers):
     return jax.jit(jax.value_and_grad(f))
 
   assert_close(loss(fast)(params), loss(reference)(params))
+
+
+def test_fusion_barrier_is_the_identity_on_every_float32_and_float64():
+  for dtype, bits in ((np.float32, np.uint32), (np.float64, np.uint64)):
+    info = np.finfo(dtype)
+    x = np.array([0.0, -0.0, 1.0, -3.5, info.tiny, info.smallest_subnormal,
+                  -info.smallest_subnormal, info.max, -info.max, info.eps,
+                  np.inf, -np.inf, np.nan, 1 / 3], dtype)
+    x = np.concatenate([x, (np.random.default_rng(0).standard_normal(1000)
+                            * 10.0 ** np.arange(-20, 20, 0.04)).astype(dtype)])
+    with jax.enable_x64(dtype == np.float64):
+      y = np.asarray(jax.jit(layers.fusion_barrier)(jnp.asarray(x)))
+      g = np.asarray(jax.grad(lambda v: jnp.sum(
+          layers.fusion_barrier(v) * jnp.arange(v.size, dtype=v.dtype)))(
+              jnp.asarray(x[np.isfinite(x)])))
+    np.testing.assert_array_equal(y.view(bits), x.view(bits))  # Bitwise.
+    np.testing.assert_array_equal(g, np.arange(g.size, dtype=dtype))
+
+
+def test_dense_with_the_barred_product_equals_nn_dense_in_float64():
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 2, 2, 8)))
+    reference = nn.Dense(5, param_dtype=jnp.float64)
+    barred = nn.Dense(5, param_dtype=jnp.float64,
+                      dot_general=layers.dot_general)
+    params = reference.init(jax.random.key(0), x)
+    for module in (reference, barred):
+      assert jax.tree.structure(module.init(jax.random.key(0), x)) == (
+          jax.tree.structure(params))
+    y, (g_params, g_x) = value_and_vjp(
+        lambda p, x: barred.apply(p, x), params, x, jit=True)
+    y_ref, (g_params_ref, g_x_ref) = value_and_vjp(
+        lambda p, x: reference.apply(p, x), params, x, jit=True)
+    chex.assert_trees_all_close((y, g_params, g_x),
+                                (y_ref, g_params_ref, g_x_ref), rtol=1e-13)
+
+
+def ynn_fusion_ops(compiled_text: str) -> list:
+  """The set of ops in each YNNPACK fusion of an optimized HLO module."""
+  bodies = {m.group(1): m.group(2) for m in re.finditer(
+      r'^(%\S+) \([^\n]*\{\n(.*?)\n\}', compiled_text, re.S | re.M)}
+  ops = []
+  for line in compiled_text.splitlines():
+    if '"__ynn_fusion"' in line:
+      body = bodies[re.search(r'calls=(%[^,\s]+)', line).group(1)]
+      ops.append({re.search(r'= \S+ (\S+?)\(', l).group(1)
+                  for l in body.splitlines() if ' = ' in l} - {'parameter'})
+  assert ops, 'no YNNPACK fusion: is l2jax.cpu.configure() applied?'
+  return ops
+
+
+def test_ynnpack_runs_the_dense_products_alone():
+  """In the seed network's step (narrow, batch 8) each YNNPACK fusion holds a
+  product and reshapes (bitcasts), no bias sum or broadcast; with nn.Dense it
+  takes them in."""
+  x = normal(0, (8, 32, 32, 3))
+
+  def fusions(layers_):
+    model = models.SeedCNNNarrow(num_classes=10, layers=layers_)
+    params = model.init(jax.random.key(0), x)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2)))
+    return ynn_fusion_ops(grad.lower(params).compile().as_text())
+
+  assert all(ops <= {'dot', 'bitcast'} for ops in fusions(models.CPU_TUNED))
+  unbarred = fusions(models.CPU_TUNED._replace(dense=nn.Dense))
+  assert any(ops & {'add', 'broadcast'} for ops in unbarred), unbarred
