@@ -25,7 +25,8 @@ l2jax, and PyTorch in both layouts), interleaved: `--rounds` rounds of
 than PyTorch's faster step divided by 1.5, issue 15's goal ("every model at
 least 1.5× PyTorch") is out of reach with these kernels, whatever the rest
 of the step does; where even the fastest kernel of each layer does, with
-any of them.
+any of them. Of `benchmarks.throughput`'s flags it reads `--batch_size`,
+`--rounds`, `--steps` and `--out`; the others do not apply.
 """
 
 import os
@@ -59,6 +60,7 @@ flags.DEFINE_integer('calls', 20, 'Timed calls of each layer.')
 # --batch_size, --rounds, --steps and --out are benchmarks.throughput's.
 
 IMAGE_SHAPE, NUM_CLASSES = timing.IMAGE_SHAPE, timing.NUM_CLASSES
+COLUMNS = ('l2jax', 'XLA', 'PyTorch NCHW', 'PyTorch channels-last')
 _CONV_ARGS = ('window_strides', 'padding', 'lhs_dilation', 'rhs_dilation',
               'dimension_numbers', 'feature_group_count',
               'batch_group_count', 'precision', 'preferred_element_type')
@@ -107,7 +109,9 @@ def layers(name: str, batch_norm: bool, batch_size: int) -> list:
 
 
 def median_ms(f, calls: int) -> float:
-  f(), f()
+  """Median ms of `calls` calls of f(), after two untimed."""
+  f()
+  f()
   times = []
   for _ in range(calls):
     start = time.perf_counter()
@@ -153,16 +157,17 @@ def _torch_ms(primitive, lhs, rhs, params, first: bool, channels_last: bool,
   w.requires_grad_(True)
 
   def call():
+    x.grad = w.grad = None  # As a step's zero_grad(set_to_none=True).
     y = op(x, w)
     y.backward(y.detach())
   return median_ms(call, calls)
 
 
-def time_layers(name: str, batch_norm: bool, calls: int) -> list:
+def time_layers(spec: str, batch_size: int, calls: int) -> list:
   """Each layer's row: (description, count, {column: ms})."""
   rows = []
   for i, (primitive, lhs, rhs, params, count) in enumerate(
-      layers(name, batch_norm, FLAGS.batch_size)):
+      layers(*parse(spec), batch_size)):
     first = i == 0
     bind = lambda x, k, p=primitive, q=params: p.bind(x, k, **q)
     if primitive is lax.conv_general_dilated_p:
@@ -181,28 +186,26 @@ def time_layers(name: str, batch_norm: bool, calls: int) -> list:
                                                  True)):
       ms[layout] = _torch_ms(primitive, lhs, rhs, params, first, cl, calls)
     rows.append((what + (' (no input gradient)' if first else ''), count, ms))
-    print(f'  {name}{"+bn" if batch_norm else ""} {rows[-1]}', flush=True)
+    print(f'{spec}: {rows[-1][0]} ×{count}: '
+          + ', '.join(f'{k} {v:.2f} ms' for k, v in ms.items()), flush=True)
   return rows
 
 
-def time_steps(name: str, batch_norm: bool) -> dict:
+def time_steps(spec: str, batch_size: int, rounds: int, steps: int) -> dict:
   """Mean step ms of l2jax's and PyTorch's (both layouts) training steps."""
   config = cifar.get_config()
-  config.model, config.batch_norm = name, batch_norm
-  config.batch_size = FLAGS.batch_size
-  dataset = timing.synthetic_data(config.batch_size)
+  config.model, config.batch_norm = parse(spec)
+  config.batch_size = batch_size
+  dataset = timing.synthetic_data(batch_size)
   columns = {'l2jax': throughput.l2jax_column(config, dataset)[0]}
   for layout, cl in (('PyTorch NCHW', False), ('PyTorch channels-last',
                                                True)):
-    FLAGS.torch_channels_last = cl  # Read when the column is built.
+    # benchmarks.throughput's flag, read when the column is built.
+    FLAGS.torch_channels_last = cl
     columns[layout] = throughput.torch_column(config, dataset)[0]
-  result = timing.interleave(columns, FLAGS.rounds, FLAGS.steps,
-                             timing.matmul_step())
+  result = timing.interleave(columns, rounds, steps, timing.matmul_step())
   return {k: 1e3 * statistics.fmean(t for block in v['rounds'] for t in block)
           for k, v in result['columns'].items()}
-
-
-COLUMNS = ('l2jax', 'XLA', 'PyTorch NCHW', 'PyTorch channels-last')
 
 
 def model_report(spec: str, rows: list, steps: dict) -> tuple:
@@ -234,7 +237,7 @@ def report(sections: list, summaries: list) -> str:
            f'    python -m benchmarks.layer_bound {" ".join(sys.argv[1:])}',
            '',
            f'- Machine: {sweep.cpu_model()}, {os.cpu_count()} cores; jax '
-           f'{jax.__version__}; {throughput_versions()}',
+           f'{jax.__version__}; {torch_version()}',
            f'- Batch {FLAGS.batch_size}, float32, under l2jax.cpu.configure(); '
            f'l2jax\'s Winograd from {cpu_layers.WINOGRAD_MIN_CHANNELS} '
            'channels',
@@ -261,7 +264,7 @@ def report(sections: list, summaries: list) -> str:
   return '\n'.join(lines)
 
 
-def throughput_versions() -> str:
+def torch_version() -> str:
   import torch  # pylint: disable=g-import-not-at-top
   return f'torch {torch.__version__} ({torch.get_num_threads()} threads)'
 
@@ -271,23 +274,27 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   cpu.configure()
   try:
-    specs = [parse(s) for s in FLAGS.models]
-    for flag in ('calls', 'rounds', 'steps'):
+    if not FLAGS.models:
+      raise L2JaxError('--models names no model')
+    for spec in FLAGS.models:
+      parse(spec)
+    for flag in ('calls', 'rounds', 'steps', 'batch_size'):
       if FLAGS[flag].value < 1:
         raise L2JaxError(f'--{flag}={FLAGS[flag].value} must be at least 1')
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    sys.exit('layer_bound: error: PyTorch is not installed; install it '
-             '(pip install torch --index-url '
-             'https://download.pytorch.org/whl/cpu)')
+    sys.exit("layer_bound: error: PyTorch is not installed; install it "
+             "(pip install -e '.[torch]')")
   except L2JaxError as e:
     sys.exit(f'layer_bound: error: {e}')
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   sections, summaries = [], []
-  for name, bn in specs:
-    spec = name + ('+bn' if bn else '')
-    rows = time_layers(name, bn, FLAGS.calls)
-    steps = time_steps(name, bn)
+  for spec in FLAGS.models:
+    try:
+      rows = time_layers(spec, FLAGS.batch_size, FLAGS.calls)
+    except L2JaxError as e:  # A layer it cannot time in PyTorch.
+      sys.exit(f'layer_bound: error: {spec}: {e}')
+    steps = time_steps(spec, FLAGS.batch_size, FLAGS.rounds, FLAGS.steps)
     section, summary = model_report(spec, rows, steps)
     sections.append(section)
     summaries.append(summary)

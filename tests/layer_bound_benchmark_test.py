@@ -53,6 +53,23 @@ def test_a_model_spec_names_a_model_and_batch_norm():
     layer_bound.parse('resnet56')
 
 
+def test_a_models_sums_count_each_layer_and_the_goal_is_pytorchs_faster_step():
+  columns = {'l2jax': 0, 'XLA': 0, 'PyTorch NCHW': 0,
+             'PyTorch channels-last': 0}
+  rows = [('conv a', 3, {**columns, 'l2jax': 2.0, 'XLA': 5.0,
+                         'PyTorch NCHW': 4.0, 'PyTorch channels-last': 1.0}),
+          ('dense b', 2, {**columns, 'l2jax': 1.5, 'XLA': 1.0,
+                          'PyTorch NCHW': 3.0, 'PyTorch channels-last': 3.0})]
+  steps = {'l2jax': 20.0, 'PyTorch NCHW': 30.0, 'PyTorch channels-last': 24.0}
+  lines, summary = layer_bound.model_report('m', rows, steps)
+  # l2jax 3·2 + 2·1.5; XLA 3·5 + 2·1; PyTorch 3·4 + 2·3, 3·1 + 2·3;
+  # fastest 3·1 + 2·1; goal 24 / 1.5.
+  assert summary == ('m', 20.0, 24.0, 16.0, 9.0, 5.0)
+  total = next(line for line in lines if 'all layers' in line)
+  assert [c.strip().strip('*') for c in total.split('|')[3:-1]] == [
+      '9.0', '17.0', '18.0', '9.0', '5.0']
+
+
 @pytest.mark.skipif(not HAS_TORCH, reason='PyTorch not installed')
 def test_report_sums_each_layer_times_its_count(tmp_path):
   out = tmp_path / 'bound.md'

@@ -440,9 +440,8 @@ def test_dense_with_the_barred_product_equals_nn_dense_in_float64():
     barred = nn.Dense(5, param_dtype=jnp.float64,
                       dot_general=layers.dot_general)
     params = reference.init(jax.random.key(0), x)
-    for module in (reference, barred):
-      assert jax.tree.structure(module.init(jax.random.key(0), x)) == (
-          jax.tree.structure(params))
+    assert jax.tree.structure(barred.init(jax.random.key(0), x)) == (
+        jax.tree.structure(params))
     y, (g_params, g_x) = value_and_vjp(
         lambda p, x: barred.apply(p, x), params, x, jit=True)
     y_ref, (g_params_ref, g_x_ref) = value_and_vjp(
@@ -466,16 +465,22 @@ def ynn_fusion_ops(compiled_text: str) -> list:
 
 
 def test_ynnpack_runs_the_dense_products_alone():
-  """In the seed network's step (narrow, batch 8) each YNNPACK fusion holds a
-  product and reshapes (bitcasts), no bias sum or broadcast; with nn.Dense it
-  takes them in."""
+  """In the narrow seed network's jitted gradient (batch 8), compiled with
+  XLA's optimizations on as users run it, each YNNPACK fusion holds a
+  product and reshapes (bitcasts), no bias sum or broadcast; with nn.Dense
+  it takes them in."""
   x = normal(0, (8, 32, 32, 3))
 
   def fusions(layers_):
     model = models.SeedCNNNarrow(num_classes=10, layers=layers_)
     params = model.init(jax.random.key(0), x)
     grad = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2)))
-    return ynn_fusion_ops(grad.lower(params).compile().as_text())
+    optimizations_off = jax.config.read('jax_disable_most_optimizations')
+    jax.config.update('jax_disable_most_optimizations', False)
+    try:
+      return ynn_fusion_ops(grad.lower(params).compile().as_text())
+    finally:
+      jax.config.update('jax_disable_most_optimizations', optimizations_off)
 
   assert all(ops <= {'dot', 'bitcast'} for ops in fusions(models.CPU_TUNED))
   unbarred = fusions(models.CPU_TUNED._replace(dense=nn.Dense))
