@@ -46,8 +46,7 @@ fast, with flax's values up to float rounding. Timings: docs/performance.md.
   operand's own format). YNNPACK's dot fusion otherwise grows over the
   elementwise neighbours of a product, and runs slower with them: a Dense
   layer's bias sum in the forward, the pooling gradient's 4× broadcast of
-  its input gradient in the backward (the seed network's 8192 → 1024 layer:
-  12.0 against 8.9 ms forward alone; its step 1.06× as fast).
+  its input gradient in the backward.
 - `BiasedConv` and `BatchNorm`: nn.Conv's bias and nn.BatchNorm, with
   their sums over all axes but the channels (a bias's gradient, batch
   statistics and their gradients) through `sum_to_channels`: over the batch
