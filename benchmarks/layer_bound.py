@@ -200,9 +200,7 @@ def time_steps(spec: str, batch_size: int, rounds: int, steps: int) -> dict:
   columns = {'l2jax': throughput.l2jax_column(config, dataset)[0]}
   for layout, cl in (('PyTorch NCHW', False), ('PyTorch channels-last',
                                                True)):
-    # benchmarks.throughput's flag, read when the column is built.
-    FLAGS.torch_channels_last = cl
-    columns[layout] = throughput.torch_column(config, dataset)[0]
+    columns[layout] = throughput.torch_column(config, dataset, cl)[0]
   result = timing.interleave(columns, rounds, steps, timing.matmul_step())
   return {k: 1e3 * statistics.fmean(t for block in v['rounds'] for t in block)
           for k, v in result['columns'].items()}

@@ -136,9 +136,10 @@ def l2jax_column(config, dataset: data_lib.Dataset):
   return step, info
 
 
-def torch_column(config, dataset: data_lib.Dataset):
+def torch_column(config, dataset: data_lib.Dataset, channels_last: bool):
   """(step(), info()) of the same network in PyTorch (`torch_twins`), SGD
-  with coupled decay.
+  with coupled decay, model and batch in channels-last memory format where
+  `channels_last` says, else NCHW.
 
   PyTorch's weight_decay also reaches the biases (l2jax's mask: kernels only)
   and its learning rate stays constant; neither costs a measurable FLOP.
@@ -149,8 +150,7 @@ def torch_column(config, dataset: data_lib.Dataset):
 
   torch.manual_seed(config.seed)
   torch.set_num_threads(len(os.sched_getaffinity(0)))
-  layout = (torch.channels_last if FLAGS.torch_channels_last
-            else torch.contiguous_format)
+  layout = torch.channels_last if channels_last else torch.contiguous_format
   model = torch_twins.torch_twin(models.from_config(config, NUM_CLASSES))
   model = model.to(memory_format=layout)
   optimizer = torch.optim.SGD(
@@ -195,7 +195,8 @@ def measure(config, run_torch: bool, rounds: int, steps: int,
   columns, infos = {}, {}
   columns['l2jax'], infos['l2jax'] = l2jax_column(config, dataset)
   if run_torch:
-    columns['PyTorch'], infos['PyTorch'] = torch_column(config, dataset)
+    columns['PyTorch'], infos['PyTorch'] = torch_column(
+        config, dataset, FLAGS.torch_channels_last)
   result = timing.interleave(columns, rounds, steps, timing.matmul_step())
   for name, info in infos.items():
     result['columns'][name].update(info())
